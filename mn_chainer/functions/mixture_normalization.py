@@ -1,0 +1,409 @@
+"""Mixture Normalizing Transform (paper Eqs. 34-37 and 40) as FunctionNodes.
+
+The responsibilities ``tau`` of every point are an *input* of the function
+and a constant of its gradient: the mixture is fitted on raw arrays
+(:mod:`mn_chainer.gmm`) before the function is called, so the fit is outside
+the graph by construction and the transform can be tested on its own.
+
+Notation (DESIGN §1.2-1.3), for points ``i`` (the channel vectors
+``x[n, :, h, w]``, ``m`` of them) and components ``k``::
+
+    s_k = sum_i tau_ik     v_ik = tau_ik / s_k      pi_k = s_k / m
+    mean_k = sum_i v_ik x_i                  var_k = sum_i v_ik (x_i - mean_k)^2
+    x_hat_ik = (x_i - mean_k) / sqrt(var_k + eps)                       (Eq. 35)
+    y_i = sum_k a_ik f(gamma x_hat_ik + beta),  a_ik = tau_ik / sqrt(pi_k)
+                                                            (Eqs. 34 + 37)
+
+with ``f`` the identity, or ``relu`` for the per-component rectification of
+Eq. 40.  With ``K = 1`` (``tau = 1``) this is batch normalization.
+"""
+import numpy
+
+import chainer
+from chainer import backend
+from chainer import function_node
+import chainer.functions
+from chainer.utils import argument
+from chainer.utils import type_check
+
+
+def _compute_dtype(dtype):
+    # float16 is computed in float32, like Chainer's batch normalization.
+    return numpy.dtype(numpy.float32) if dtype == numpy.float16 else dtype
+
+
+def _as3d(a):
+    """View ``(N, C, *spatial)`` as ``(N, C, P)``."""
+    return a.reshape(a.shape[0], a.shape[1], -1)
+
+
+def _bmm(xp, w, b):
+    """``out[n] = w @ b[n]`` for ``w (R, K)`` and ``b (N, K, P)``."""
+    return xp.matmul(w[None], b)
+
+
+def _component_sums(xp, x3, t3):
+    """``sum_i t_ik x_ic`` as ``(K, C)`` for ``x3 (N, C, P)``, ``t3 (N, K, P)``."""
+    return xp.matmul(x3, t3.transpose(0, 2, 1)).sum(axis=0).T
+
+
+def component_statistics(xp, x3, t3, eps):
+    """Responsibility-weighted statistics of every component.
+
+    Args:
+        xp: Array module.
+        x3: Activations viewed as ``(N, C, P)`` (compute dtype).
+        t3: Responsibilities viewed as ``(N, K, P)`` (compute dtype).
+        eps (float): Added to the variances before the square root.
+
+    Returns:
+        tuple: ``s (K,)``, ``mean (K, C)``, ``var (K, C)``, ``inv_std (K, C)``
+        (``1 / sqrt(var + eps)``).  The variance is computed as
+        ``E_v[x^2] - mean^2`` (clipped at zero).
+    """
+    tiny = numpy.finfo(x3.dtype).tiny
+    s = t3.sum(axis=(0, 2))
+    s_safe = xp.maximum(s, tiny)[:, None]
+    mean = _component_sums(xp, x3, t3) / s_safe
+    var = _component_sums(xp, x3 * x3, t3) / s_safe - mean * mean
+    var = xp.maximum(var, 0)
+    inv_std = 1 / xp.sqrt(var + eps)
+    return s, mean, var, inv_std
+
+
+def _coefficients(xp, t3, s):
+    """``a = tau / sqrt(pi)`` and ``v = tau / s`` (0 for empty components)."""
+    m = t3.shape[0] * t3.shape[2]
+    tiny = numpy.finfo(t3.dtype).tiny
+    s_safe = xp.maximum(s, tiny)
+    a = t3 * (xp.sqrt(m / s_safe) * (s > 0))[None, :, None]
+    v = t3 * ((1 / s_safe) * (s > 0))[None, :, None]
+    return a, v
+
+
+def _normalized_sum(xp, x3, a, mean, inv_std):
+    """``sum_k a_ik x_hat_ik`` as ``(N, C, P)`` through two small products."""
+    return x3 * _bmm(xp, inv_std.T, a) - _bmm(xp, (mean * inv_std).T, a)
+
+
+def _apply_forward(xp, x3, a, gamma, beta, mean, inv_std, relu):
+    """Eqs. 34 + 37 (``relu=False``) or Eq. 40 (``relu=True``)."""
+    g = gamma[:, None]
+    b = beta[:, None]
+    if not relu:
+        # Linear in x_hat: gamma * sum_k a x_hat + beta * sum_k a.
+        return (g * _normalized_sum(xp, x3, a, mean, inv_std)
+                + b * a.sum(axis=1, keepdims=True))
+    y = xp.zeros_like(x3)
+    for k in range(a.shape[1]):
+        scale = (gamma * inv_std[k])[:, None]
+        shift = (beta - gamma * mean[k] * inv_std[k])[:, None]
+        z = x3 * scale + shift
+        xp.maximum(z, 0, out=z)
+        z *= a[:, k:k + 1]
+        y += z
+    return y
+
+
+class MixtureNormalization(function_node.FunctionNode):
+
+    """Mixture Normalizing Transform with fixed responsibilities.
+
+    Inputs are ``(x, tau, gamma, beta)``; gradients flow into ``x`` (through
+    the component means and variances), ``gamma`` and ``beta``, never into
+    ``tau``.  After :meth:`forward`, the component statistics actually used
+    are available as ``s``, ``pi``, ``mean`` and ``var`` (raw arrays).
+    """
+
+    s = None
+    mean = None
+    var = None
+    inv_std = None
+
+    def __init__(self, eps=2e-5, relu=False):
+        if not eps > 0:
+            raise ValueError('eps must be positive, got {!r}'.format(eps))
+        self.eps = float(eps)
+        self.relu = bool(relu)
+
+    @property
+    def pi(self):
+        """Component weights ``pi_k = s_k / m`` of the last forward."""
+        return self.s / self.s.sum()
+
+    def check_type_forward(self, in_types):
+        type_check._argname(in_types, ('x', 'tau', 'gamma', 'beta'))
+        x_type, tau_type, gamma_type, beta_type = in_types
+        type_check.expect(
+            x_type.dtype.kind == 'f',
+            x_type.ndim >= 2,
+            tau_type.dtype.kind == 'f',
+            tau_type.ndim == x_type.ndim,
+            tau_type.shape[0] == x_type.shape[0],
+            gamma_type.dtype.kind == 'f',
+            gamma_type.ndim == 1,
+            gamma_type.shape[0] == x_type.shape[1],
+            beta_type.dtype == gamma_type.dtype,
+            beta_type.shape == gamma_type.shape,
+        )
+        for i in range(2, type_check.eval(x_type.ndim)):
+            type_check.expect(tau_type.shape[i] == x_type.shape[i])
+
+    def forward(self, inputs):
+        self.retain_inputs((0, 1, 2, 3))
+        x, tau, gamma, beta = inputs
+        xp = backend.get_array_module(x)
+        dtype = _compute_dtype(x.dtype)
+        x3 = _as3d(x).astype(dtype, copy=False)
+        t3 = _as3d(tau).astype(dtype, copy=False)
+        self.s, self.mean, self.var, self.inv_std = component_statistics(
+            xp, x3, t3, self.eps)
+        a, _ = _coefficients(xp, t3, self.s)
+        y = _apply_forward(xp, x3, a, gamma.astype(dtype, copy=False),
+                           beta.astype(dtype, copy=False), self.mean,
+                           self.inv_std, self.relu)
+        return y.reshape(x.shape).astype(x.dtype, copy=False),
+
+    def backward(self, indexes, grad_outputs):
+        x, tau, gamma, beta = self.get_retained_inputs()
+        gy, = grad_outputs
+        gx, ggamma, gbeta = MixtureNormalizationGrad(
+            self.eps, self.relu, self.s, self.mean, self.inv_std).apply(
+                (x, tau, gamma, beta, gy))
+        return gx, None, ggamma, gbeta
+
+
+class MixtureNormalizationGrad(function_node.FunctionNode):
+
+    """Gradient of :class:`MixtureNormalization` (DESIGN §1.3).
+
+    A responsibility-weighted batch-normalization backward per component;
+    with ``h_ik = a_ik gamma g_i`` (times the ReLU mask of component ``k``
+    for Eq. 40)::
+
+        gbeta  = sum_i sum_k a_ik g_i            (masked)
+        ggamma = sum_i sum_k a_ik g_i x_hat_ik   (masked)
+        gx_i   = sum_k inv_std_k (h_ik - v_ik sum_j h_jk
+                                  - v_ik x_hat_ik sum_j h_jk x_hat_jk)
+
+    Its own backward (double backprop) differentiates the same transform
+    written with :mod:`chainer.functions`.
+    """
+
+    def __init__(self, eps, relu, s, mean, inv_std):
+        self.eps = eps
+        self.relu = relu
+        self.s = s
+        self.mean = mean
+        self.inv_std = inv_std
+
+    def forward(self, inputs):
+        self.retain_inputs((0, 1, 2, 3, 4))
+        x, tau, gamma, beta, gy = inputs
+        xp = backend.get_array_module(x)
+        dtype = _compute_dtype(x.dtype)
+        x3 = _as3d(x).astype(dtype, copy=False)
+        t3 = _as3d(tau).astype(dtype, copy=False)
+        g3 = _as3d(gy).astype(dtype, copy=False)
+        gamma_c = gamma.astype(dtype, copy=False)
+        beta_c = beta.astype(dtype, copy=False)
+        a, v = _coefficients(xp, t3, self.s)
+        if self.relu:
+            gx, ggamma, gbeta = self._backward_relu(
+                xp, x3, a, v, g3, gamma_c, beta_c)
+        else:
+            gx, ggamma, gbeta = self._backward_linear(
+                xp, x3, a, v, g3, gamma_c)
+        return (gx.reshape(x.shape).astype(x.dtype, copy=False),
+                ggamma.astype(gamma.dtype, copy=False),
+                gbeta.astype(gamma.dtype, copy=False))
+
+    def _backward_linear(self, xp, x3, a, v, g3, gamma):
+        mean, inv_std = self.mean, self.inv_std
+        a_sum = a.sum(axis=1, keepdims=True)
+        gbeta = (g3 * a_sum).sum(axis=(0, 2))
+        ggamma = (g3 * _normalized_sum(xp, x3, a, mean, inv_std)).sum(
+            axis=(0, 2))
+        # Per component: sum_j h_jk = gamma G1_k and
+        # sum_j h_jk x_hat_jk = gamma inv_std_k (Gx_k - mean_k G1_k).
+        g1 = _component_sums(xp, g3, a)
+        gxs = _component_sums(xp, g3 * x3, a)
+        s1 = gamma * g1
+        s2 = gamma * inv_std * (gxs - mean * g1)
+        # sum_k v_ik inv_std_k (S1_k + x_hat_ik S2_k), expanded in x_i.
+        w = xp.concatenate((inv_std * (s1 - inv_std * mean * s2),
+                            inv_std * inv_std * s2), axis=1)
+        vw = _bmm(xp, w.T, v)
+        c = x3.shape[1]
+        gx = (gamma[:, None] * g3 * _bmm(xp, inv_std.T, a)
+              - vw[:, :c] - x3 * vw[:, c:])
+        return gx, ggamma, gbeta
+
+    def _backward_relu(self, xp, x3, a, v, g3, gamma, beta):
+        mean, inv_std = self.mean, self.inv_std
+        gx = xp.zeros_like(x3)
+        ggamma = xp.zeros_like(gamma)
+        gbeta = xp.zeros_like(gamma)
+        for k in range(a.shape[1]):
+            x_hat = (x3 - mean[k][:, None]) * inv_std[k][:, None]
+            t = g3 * a[:, k:k + 1]
+            t *= (x_hat * gamma[:, None] + beta[:, None]) > 0
+            t_sum = t.sum(axis=(0, 2))
+            t_x_hat_sum = (t * x_hat).sum(axis=(0, 2))
+            gbeta += t_sum
+            ggamma += t_x_hat_sum
+            vk = v[:, k:k + 1]
+            gx += inv_std[k][:, None] * (
+                gamma[:, None] * t
+                - vk * (gamma * t_sum)[:, None]
+                - vk * x_hat * (gamma * t_x_hat_sum)[:, None])
+        return gx, ggamma, gbeta
+
+    def backward(self, indexes, grad_outputs):
+        x, tau, gamma, beta, gy = self.get_retained_inputs()
+        with chainer.using_config('enable_backprop', True):
+            y = _mixture_normalization_graph(
+                x, tau.array, gamma, beta, self.eps, self.relu)
+            gx, ggamma, gbeta = chainer.grad(
+                [y], [x, gamma, beta], grad_outputs=[gy],
+                enable_double_backprop=True)
+            outputs, grads = [], []
+            for out, g in zip((gx, ggamma, gbeta), grad_outputs):
+                if g is not None and out is not None:
+                    outputs.append(out)
+                    grads.append(g)
+            inputs = [x, gamma, gy]
+            if outputs:
+                result = chainer.grad(outputs, inputs, grad_outputs=grads,
+                                      enable_double_backprop=True)
+            else:
+                result = [None] * 3
+        gx2, ggamma2, ggy2 = result
+        return tuple(
+            ret for i, ret in zip(range(5), (gx2, None, ggamma2, None, ggy2))
+            if i in indexes)
+
+
+def _mixture_normalization_graph(x, tau, gamma, beta, eps, relu):
+    """The transform written with :mod:`chainer.functions` (for double
+    backprop); ``tau`` is a raw array (a constant)."""
+    xp = backend.get_array_module(tau)
+    dtype = _compute_dtype(x.dtype)
+    F = chainer.functions
+    shape = x.shape
+    x3 = F.cast(F.reshape(x, (shape[0], shape[1], -1)), dtype)
+    t3 = _as3d(tau).astype(dtype, copy=False)
+    s = t3.sum(axis=(0, 2))
+    a, v = _coefficients(xp, t3, s)
+    gamma3 = F.broadcast_to(F.cast(gamma, dtype)[None, :, None], x3.shape)
+    beta3 = F.broadcast_to(F.cast(beta, dtype)[None, :, None], x3.shape)
+    y = None
+    for k in range(t3.shape[1]):
+        vk = xp.broadcast_to(v[:, k:k + 1], x3.shape)
+        mean = F.sum(x3 * vk, axis=(0, 2))
+        diff = x3 - F.broadcast_to(mean[None, :, None], x3.shape)
+        var = F.sum(diff * diff * vk, axis=(0, 2))
+        inv_std = F.broadcast_to(
+            (F.rsqrt(var + eps))[None, :, None], x3.shape)
+        z = gamma3 * (diff * inv_std) + beta3
+        if relu:
+            z = F.relu(z)
+        z = z * xp.broadcast_to(a[:, k:k + 1], x3.shape)
+        y = z if y is None else y + z
+    return F.cast(F.reshape(y, shape), x.dtype)
+
+
+def mixture_normalization(x, tau, gamma, beta, **kwargs):
+    """mixture_normalization(x, tau, gamma, beta, eps=2e-5, relu=False)
+
+    Mixture Normalizing Transform with given responsibilities.
+
+    Normalizes every point (channel vector) ``x_i`` by the statistics of
+    the mixture components it belongs to, weighted by its responsibilities
+    ``tau_ik`` (paper Eqs. 34-37)::
+
+        y_i = sum_k tau_ik / sqrt(pi_k) * (gamma * x_hat_ik + beta)
+
+    where the component weights ``pi_k``, means and variances are the
+    ``tau``-weighted statistics of this batch (DESIGN §1.2).  With
+    ``relu=True`` the rectification is applied per component before the
+    aggregation (Eq. 40), which is how the paper uses MN in front of a ReLU.
+    ``tau`` is a constant: no gradient flows into it; gradients flow into
+    ``x`` through the component means and variances.  With ``K = 1`` this
+    is :func:`chainer.functions.batch_normalization`.
+
+    Args:
+        x (:class:`~chainer.Variable` or :ref:`ndarray`): Input of shape
+            ``(N, C)`` or ``(N, C, *spatial)``; float16 is computed in
+            float32.
+        tau (:class:`~chainer.Variable` or :ref:`ndarray`): Responsibilities
+            of shape ``(N, K, *spatial)`` (rows over ``K`` sum to one).
+        gamma (:class:`~chainer.Variable` or :ref:`ndarray`): Scale ``(C,)``,
+            shared by the components (Eq. 37).
+        beta (:class:`~chainer.Variable` or :ref:`ndarray`): Shift ``(C,)``.
+        eps (float): Added to the variances (default ``2e-5``).
+        relu (bool): Per-component ReLU before aggregation (Eq. 40).
+
+    Returns:
+        ~chainer.Variable: Output of the shape and dtype of ``x``.
+
+    See: Kalayeh & Shah, `Training Faster by Separating Modes of Variation
+    in Batch-normalized Models <https://arxiv.org/abs/1806.02892>`_.
+
+    .. seealso::
+        :class:`mn_chainer.links.MixtureNormalization`,
+        :func:`chainer.functions.batch_normalization`
+    """
+    eps, relu = argument.parse_kwargs(kwargs, ('eps', 2e-5), ('relu', False))
+    return MixtureNormalization(eps, relu).apply((x, tau, gamma, beta))[0]
+
+
+def fixed_mixture_normalization(x, coefficients, gamma, beta, mean, var,
+                                eps=2e-5, relu=False):
+    """Normalization by fixed components (the inference rule, Eqs. 38-39).
+
+    ``y_i = sum_j c_ij f(gamma (x_i - mean_j) / sqrt(var_j + eps) + beta)``
+    for ``J`` fixed components (for the inference rule: every component of
+    every queued mixture, with ``c_ij = w_l tau^l_ik / sqrt(pi^l_k)``).
+    Differentiable in ``x``, ``gamma`` and ``beta``; ``coefficients``,
+    ``mean`` and ``var`` are constants.
+
+    Args:
+        x: Input ``(N, C, *spatial)``.
+        coefficients: Raw array ``(N, J, *spatial)``.
+        gamma, beta: Scale and shift ``(C,)``.
+        mean, var: Raw arrays ``(J, C)``.
+        eps (float): Added to the variances.
+        relu (bool): Per-component ReLU (Eq. 40).
+
+    Returns:
+        ~chainer.Variable: Output of the shape and dtype of ``x``.
+    """
+    F = chainer.functions
+    xp = backend.get_array_module(coefficients)
+    dtype = _compute_dtype(x.dtype)
+    shape = x.shape
+    x3 = F.cast(F.reshape(x, (shape[0], shape[1], -1)), dtype)
+    c3 = _as3d(coefficients).astype(dtype, copy=False)
+    mean = mean.astype(dtype, copy=False)
+    inv_std = (1 / xp.sqrt(var.astype(dtype, copy=False) + eps))
+    gamma = F.cast(gamma, dtype)
+    beta = F.cast(beta, dtype)
+    if not relu:
+        scale = _bmm(xp, inv_std.T, c3)
+        shift = _bmm(xp, (mean * inv_std).T, c3)
+        x_hat_sum = x3 * scale - shift
+        y = (x_hat_sum * F.broadcast_to(gamma[None, :, None], x3.shape)
+             + F.broadcast_to(beta[None, :, None], x3.shape)
+             * xp.broadcast_to(c3.sum(axis=1, keepdims=True), x3.shape))
+    else:
+        y = None
+        gamma3 = F.broadcast_to(gamma[None, :, None], x3.shape)
+        beta3 = F.broadcast_to(beta[None, :, None], x3.shape)
+        for j in range(c3.shape[1]):
+            x_hat = ((x3 - xp.broadcast_to(mean[j][None, :, None], x3.shape))
+                     * xp.broadcast_to(inv_std[j][None, :, None], x3.shape))
+            z = F.relu(gamma3 * x_hat + beta3)
+            z = z * xp.broadcast_to(c3[:, j:j + 1], x3.shape)
+            y = z if y is None else y + z
+    return F.cast(F.reshape(y, shape), x.dtype)

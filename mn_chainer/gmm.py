@@ -1,0 +1,538 @@
+"""Diagonal Gaussian mixtures fitted to mini-batch activations.
+
+Mixture Normalization (Kalayeh & Shah, paper §3.2, §5.1) fits, for every
+normalized layer and every mini-batch, one Gaussian mixture with ``K``
+diagonal components to the layer's *points*: the ``C``-dimensional channel
+vectors ``x[n, :, h, w]``.  The fit happens outside the autograd graph:
+
+1. optional random subsample of the points (``sample_ratio``),
+2. greedy K-means++ seeding (:func:`kmeans_plusplus`),
+3. ``kmeans_iters`` Lloyd iterations (an empty cluster keeps its centre),
+4. the mixture is initialised from the last hard assignment (cluster share,
+   mean and variance plus ``reg_covar``),
+5. ``em_iters`` EM iterations (E-step in log space),
+6. the posterior of *every* point under the final mixture, and
+7. components whose mean responsibility is below ``min_weight`` are dropped;
+   the kept weights are renormalised, so the returned posterior is exactly
+   :func:`posterior` under the returned (pruned) mixture.
+
+Every function here is array-generic: NumPy in gives NumPy out, CuPy in gives
+CuPy out on the same device.  This module imports neither Chainer nor CuPy
+at module level, so it works with NumPy alone (1.26 or 2.x).  On the GPU the
+E-step and the K-means++ distance update run as fused CUDA kernels
+(:mod:`mn_chainer.kernels`); the NumPy code below is their reference.
+
+The private helpers take ``xp`` first and assume validated input, in the
+manner of scikit-learn's ``sklearn.mixture`` module.
+"""
+import collections
+import math
+import numbers
+
+import numpy
+
+
+class Mixture(collections.namedtuple('Mixture',
+                                     ('weights', 'means', 'variances'))):
+    """Parameters of a diagonal Gaussian mixture (immutable).
+
+    Attributes:
+        weights: Mixing weights ``pi_k``, array of shape ``(K,)``, summing
+            to one.
+        means: Component means ``mu_k``, array of shape ``(K, d)``.
+        variances: Per-dimension component variances ``var_k``, array of
+            shape ``(K, d)``.
+    """
+
+    __slots__ = ()
+
+    @property
+    def n_components(self):
+        """Number of components (the *effective K* after pruning)."""
+        return int(self.weights.shape[0])
+
+
+def get_array_module(x):
+    """Return :mod:`cupy` for CuPy arrays and :mod:`numpy` otherwise.
+
+    CuPy is imported only when ``x`` is a CuPy array.
+    """
+    if type(x).__module__.split('.')[0] == 'cupy':
+        import cupy
+        return cupy
+    return numpy
+
+
+def split_em_iter(em_iter):
+    """Split the paper's "EM iter." number into K-means and EM iterations.
+
+    The paper counts both phases together with equal shares: "EM iter. = 2"
+    is one K-means and one EM iteration, 4 is 2 + 2 and 8 is 4 + 4.  An odd
+    count gives the extra iteration to K-means.
+
+    Args:
+        em_iter (int): The summed count, ``>= 0``.
+
+    Returns:
+        tuple: ``(kmeans_iters, em_iters)``.
+    """
+    if (not isinstance(em_iter, numbers.Integral) or isinstance(em_iter, bool)
+            or em_iter < 0):
+        raise ValueError(
+            'em_iter must be a non-negative integer, got {!r}'.format(em_iter))
+    em_iter = int(em_iter)
+    return (em_iter + 1) // 2, em_iter // 2
+
+
+def to_points(x):
+    """Turn activations ``(N, C, *spatial)`` into the point matrix ``(m, C)``.
+
+    The points are the channel vectors ``x[n, :, h, w]`` (``m = N*H*W``),
+    ordered by sample, then spatial position.
+    """
+    if x.ndim < 2:
+        raise ValueError(
+            'activations must have shape (N, C, *spatial), got shape {}'
+            .format(x.shape))
+    xp = get_array_module(x)
+    if x.ndim == 2:
+        return x
+    return xp.ascontiguousarray(xp.moveaxis(x, 1, -1)).reshape(-1, x.shape[1])
+
+
+def from_points(points, shape):
+    """Inverse of :func:`to_points` for a per-point matrix ``(m, K)``.
+
+    Args:
+        points: Array of shape ``(m, K)`` in :func:`to_points` order.
+        shape (tuple): The activations' shape ``(N, C, *spatial)``.
+
+    Returns:
+        Array of shape ``(N, K, *spatial)`` (C-contiguous).
+    """
+    xp = get_array_module(points)
+    n, spatial = shape[0], tuple(shape[2:])
+    k = points.shape[1]
+    if points.shape[0] != n * int(numpy.prod(spatial, dtype=numpy.int64)):
+        raise ValueError('{} points do not match activations of shape {}'
+                         .format(points.shape[0], shape))
+    if not spatial:
+        return points
+    out = points.reshape((n,) + spatial + (k,))
+    return xp.ascontiguousarray(xp.moveaxis(out, -1, 1))
+
+
+# ---------------------------------------------------------------------------
+# Validation
+
+
+def _compute_dtype(dtype):
+    dtype = numpy.dtype(dtype)
+    if dtype.kind != 'f':
+        raise TypeError('points must be floating point, got dtype {}'
+                        .format(dtype))
+    # float16 is fitted in float32 (like Chainer's batch normalization).
+    return numpy.dtype(numpy.float32) if dtype.itemsize < 4 else dtype
+
+
+def _check_points(points, n_components):
+    if points.ndim != 2:
+        raise ValueError('points must be a 2-D array (n_samples, n_features),'
+                         ' got {} dimension(s) with shape {}'
+                         .format(points.ndim, points.shape))
+    dtype = _compute_dtype(points.dtype)
+    if (not isinstance(n_components, numbers.Integral)
+            or isinstance(n_components, bool) or n_components < 1):
+        raise ValueError('n_components must be a positive integer, got {!r}'
+                         .format(n_components))
+    if points.shape[0] < n_components:
+        raise ValueError(
+            'n_samples={} should be >= n_components={}: there are fewer '
+            'points than mixture components'.format(points.shape[0],
+                                                    n_components))
+    xp = get_array_module(points)
+    points = points.astype(dtype, copy=False)
+    if not bool(xp.isfinite(points).all()):
+        raise ValueError('points contain NaN or Inf (non-finite values)')
+    return xp, points
+
+
+def _check_iters(name, value):
+    if (not isinstance(value, numbers.Integral) or isinstance(value, bool)
+            or value < 0):
+        raise ValueError('{} must be a non-negative integer, got {!r}'
+                         .format(name, value))
+    return int(value)
+
+
+def _check_rng(xp, rng):
+    """Return an ``xp.random.RandomState`` from None, a seed or a state."""
+    if rng is None:
+        return xp.random.RandomState()
+    if isinstance(rng, numbers.Integral) and not isinstance(rng, bool):
+        return xp.random.RandomState(int(rng))
+    if isinstance(rng, xp.random.RandomState):
+        return rng
+    if hasattr(rng, 'randint'):
+        # A state of the other array module: derive a seed from it.
+        return xp.random.RandomState(int(rng.randint(0, 2 ** 31 - 1)))
+    raise TypeError('rng must be None, an integer seed or a RandomState, '
+                    'got {!r}'.format(type(rng)))
+
+
+def _default_n_trials(n_components):
+    return 2 + int(math.log(n_components))
+
+
+# ---------------------------------------------------------------------------
+# Array kernels (NumPy twins of mn_chainer.kernels)
+
+
+def _use_kernels(xp):
+    return xp is not numpy
+
+
+def _candidate_d2(xp, points, candidates, closest_d2, points_sq=None):
+    """Squared distance to the nearest centre if ``candidates[t]`` is added.
+
+    Returns an array of shape ``(T, m)``:
+    ``min(closest_d2[i], ||points[i] - candidates[t]||^2)``.  The NumPy path
+    uses the expansion ``|x|^2 - 2 x.c + |c|^2`` (one matrix product),
+    clipped at zero where rounding makes it negative; the CUDA twin
+    (:func:`mn_chainer.kernels.kmeanspp_candidate_d2`) sums direct
+    differences.
+    """
+    if _use_kernels(xp):
+        from mn_chainer import kernels
+        return kernels.kmeanspp_candidate_d2(points, candidates, closest_d2)
+    if points_sq is None:
+        points_sq = (points * points).sum(axis=1)
+    d2 = candidates @ points.T
+    d2 *= -2
+    d2 += points_sq[None, :]
+    d2 += (candidates * candidates).sum(axis=1)[:, None]
+    xp.maximum(d2, 0, out=d2)
+    xp.minimum(d2, closest_d2[None, :], out=d2)
+    return d2
+
+
+def _logsumexp(xp, a):
+    amax = a.max(axis=1, keepdims=True)
+    amax = xp.where(xp.isfinite(amax), amax, 0)
+    out = xp.log(xp.exp(a - amax).sum(axis=1, keepdims=True)) + amax
+    return out[:, 0]
+
+
+def _estimate_log_resp(xp, points, log_weights, means, precisions,
+                       points_sq=None):
+    """E-step in log space: log responsibilities and log normalizers.
+
+    ``log p(x_i, k) = log pi_k - (d log 2pi - sum_j log prec_kj
+    + sum_j prec_kj (x_ij - mu_kj)^2) / 2`` and ``log_norm_i =
+    logsumexp_k log p(x_i, k)``.
+
+    Args:
+        points: ``(m, d)``.
+        log_weights: ``(K,)``; ``-inf`` marks an absent component.
+        means: ``(K, d)``.
+        precisions: ``(K, d)``, the inverse variances.
+        points_sq: Optional ``points ** 2`` (reused across EM iterations).
+
+    Returns:
+        tuple: ``log_resp (m, K)`` and ``log_norm (m,)``.
+    """
+    if _use_kernels(xp):
+        from mn_chainer import kernels
+        return kernels.estep_log_resp(points, log_weights, means, precisions)
+    if points_sq is None:
+        points_sq = points * points
+    d = points.shape[1]
+    # sum_j prec (x - mu)^2, expanded into matrix products (as scikit-learn).
+    maha = points_sq @ precisions.T
+    maha -= 2 * (points @ (means * precisions).T)
+    maha += (means * means * precisions).sum(axis=1)[None, :]
+    log_prob = -0.5 * (d * math.log(2 * math.pi) + maha)
+    log_prob += 0.5 * xp.log(precisions).sum(axis=1)[None, :]
+    log_prob += log_weights[None, :]
+    log_norm = _logsumexp(xp, log_prob)
+    log_prob -= log_norm[:, None]
+    return log_prob, log_norm
+
+
+def _log(xp, a):
+    """``log(a)`` with ``log(0) = -inf`` and no warning."""
+    with numpy.errstate(divide='ignore'):
+        return xp.log(a)
+
+
+# ---------------------------------------------------------------------------
+# Steps, named by what they return (as sklearn.mixture)
+
+
+def estimate_gaussian_parameters(points, resp, reg_covar, points_sq=None):
+    """M-step statistics of diagonal Gaussians from responsibilities.
+
+    Args:
+        points: Array of shape ``(m, d)``.
+        resp: Responsibilities, array of shape ``(m, K)``.
+        reg_covar (float): Floor added to every variance.
+        points_sq: Optional precomputed ``points ** 2``.
+
+    Returns:
+        tuple: ``nk (K,)`` (responsibility sums plus ``10 * eps`` so that an
+        empty component stays finite), ``means (K, d)`` and
+        ``variances (K, d)`` (``E[x^2] - mu^2 + reg_covar``, never below
+        ``reg_covar``).
+    """
+    xp = get_array_module(points)
+    if points_sq is None:
+        points_sq = points * points
+    nk = resp.sum(axis=0) + 10 * numpy.finfo(resp.dtype).eps
+    means = (resp.T @ points) / nk[:, None]
+    avg_sq = (resp.T @ points_sq) / nk[:, None]
+    variances = xp.maximum(avg_sq - means * means, 0) + reg_covar
+    return nk, means, variances
+
+
+def kmeans_plusplus(points, n_components, n_trials=None, rng=None):
+    """Greedy K-means++ seeding (Arthur & Vassilvitskii; DESIGN §1.1).
+
+    The first centre is a uniformly random point; each further centre is
+    the best of ``n_trials`` candidates drawn with probability proportional
+    to ``D(x)^2`` (the squared distance to the nearest chosen centre): the
+    one that lowers the total potential most.  On the GPU nothing is copied
+    to the host.
+
+    Args:
+        points: Array of shape ``(m, d)``.
+        n_components (int): Number of centres ``K <= m``.
+        n_trials (int): Candidates per centre; ``2 + floor(ln K)`` if None.
+        rng: None, an integer seed, or an ``xp.random.RandomState``.
+
+    Returns:
+        tuple: ``centers (K, d)`` and ``indices (K,)`` of the chosen points.
+    """
+    xp, points = _check_points(points, n_components)
+    if n_trials is None:
+        n_trials = _default_n_trials(n_components)
+    elif (not isinstance(n_trials, numbers.Integral) or n_trials < 1):
+        raise ValueError('n_trials must be a positive integer, got {!r}'
+                         .format(n_trials))
+    return _kmeans_plusplus(xp, points, n_components, int(n_trials),
+                            _check_rng(xp, rng))
+
+
+def _kmeans_plusplus(xp, points, n_components, n_trials, rng,
+                     points_sq_sum=None):
+    m = points.shape[0]
+    if points_sq_sum is None:
+        points_sq_sum = (points * points).sum(axis=1)
+    indices = xp.empty(n_components, dtype=numpy.int64)
+    first = rng.randint(0, m, size=1).astype(numpy.int64)
+    indices[0:1] = first
+    closest_d2 = _candidate_d2(
+        xp, points, points[first], xp.full(m, numpy.inf, points.dtype),
+        points_sq_sum)[0]
+    for c in range(1, n_components):
+        cumulative = xp.cumsum(closest_d2)
+        targets = rng.random_sample(n_trials).astype(points.dtype)
+        targets *= cumulative[-1]
+        candidates = xp.searchsorted(cumulative, targets)
+        candidates = xp.minimum(candidates, m - 1)
+        d2 = _candidate_d2(xp, points, points[candidates], closest_d2,
+                           points_sq_sum)
+        best = xp.argmin(d2.sum(axis=1))
+        closest_d2 = d2[best]
+        indices[c:c + 1] = candidates[best:best + 1]
+    return points[indices], indices
+
+
+def _hard_assign(xp, points, centers):
+    """Index of the nearest centre of every point, shape ``(m,)``."""
+    # |x - c|^2 = |x|^2 - 2 x.c + |c|^2; |x|^2 does not change the argmin.
+    scores = points @ centers.T
+    scores *= -2
+    scores += (centers * centers).sum(axis=1)[None, :]
+    return scores.argmin(axis=1)
+
+
+def _one_hot(xp, labels, n_components, dtype):
+    return (labels[:, None] == xp.arange(n_components)[None, :]).astype(dtype)
+
+
+def kmeans(points, centers, n_iter=1):
+    """Lloyd iterations from the given centres.
+
+    An empty cluster keeps its previous centre.
+
+    Args:
+        points: Array of shape ``(m, d)``.
+        centers: Initial centres, array of shape ``(K, d)``.
+        n_iter (int): Number of assignment + update steps (``>= 1``).
+
+    Returns:
+        tuple: ``centers (K, d)`` and the last assignment ``labels (m,)``.
+    """
+    xp, points = _check_points(points, centers.shape[0])
+    n_iter = _check_iters('n_iter', n_iter)
+    return _kmeans(xp, points, centers.astype(points.dtype), max(n_iter, 1))
+
+
+def _kmeans(xp, points, centers, n_iter):
+    n_components = centers.shape[0]
+    for _ in range(n_iter):
+        labels = _hard_assign(xp, points, centers)
+        one_hot = _one_hot(xp, labels, n_components, points.dtype)
+        counts = one_hot.sum(axis=0)
+        sums = one_hot.T @ points
+        centers = xp.where(counts[:, None] > 0,
+                           sums / xp.maximum(counts, 1)[:, None], centers)
+    return centers, labels
+
+
+def _m_step(xp, points, resp, reg_covar, points_sq):
+    nk, means, variances = estimate_gaussian_parameters(
+        points, resp, reg_covar, points_sq)
+    return Mixture(nk / nk.sum(), means, variances)
+
+
+def _e_step(xp, points, mixture, points_sq=None):
+    return _estimate_log_resp(xp, points, _log(xp, mixture.weights),
+                              mixture.means, 1 / mixture.variances, points_sq)
+
+
+def posterior(points, mixture):
+    """Responsibilities ``tau[i, k]`` of every point under ``mixture``.
+
+    Computed in log space with log-sum-exp, so rows sum to one even for
+    points far from every component.
+
+    Args:
+        points: Array of shape ``(m, d)``.
+        mixture (Mixture): The mixture (weights, means, variances).
+
+    Returns:
+        Array of shape ``(m, K)``.
+    """
+    xp, points = _check_points(points, 1)
+    mixture = Mixture(*(a.astype(points.dtype, copy=False) for a in mixture))
+    return xp.exp(_e_step(xp, points, mixture)[0])
+
+
+def log_likelihood(points, mixture):
+    """Mean log-likelihood of the points under ``mixture`` (a float)."""
+    xp, points = _check_points(points, 1)
+    mixture = Mixture(*(a.astype(points.dtype, copy=False) for a in mixture))
+    return float(_e_step(xp, points, mixture)[1].mean())
+
+
+def fit_gmm(points, n_components, kmeans_iters=1, em_iters=1, n_trials=None,
+            sample_ratio=1.0, min_weight=0.01, reg_covar=1e-6, rng=None,
+            return_posterior=False):
+    """Fit a diagonal Gaussian mixture as Mixture Normalization does.
+
+    K-means++ seeding, ``kmeans_iters`` Lloyd iterations, initialisation
+    from the clusters, ``em_iters`` EM iterations, posterior of every point
+    and pruning of components lighter than ``min_weight`` (DESIGN §1.1;
+    paper §3.2, §5.1, §5.3).
+
+    Args:
+        points: Array of shape ``(m, d)`` (NumPy or CuPy).  float16 is fitted
+            in float32; float32 and float64 keep their precision.
+        n_components (int): Number of components ``K`` (``m >= K``).
+        kmeans_iters (int): Lloyd iterations (the mixture is initialised
+            from the last hard assignment; 0 assigns to the seeds).
+        em_iters (int): EM iterations (E-step then M-step).
+        n_trials (int): K-means++ candidates per centre, default
+            ``2 + floor(ln K)``.
+        sample_ratio (float): Fraction of the points, drawn at random, that
+            the mixture is fitted on (the posterior covers all points).
+        min_weight (float): Components whose mean responsibility over all
+            points is below this are dropped (``0`` keeps all).
+        reg_covar (float): Variance floor added to every variance.
+        rng: None, an integer seed or an ``xp.random.RandomState``; a fixed
+            seed gives identical results.
+        return_posterior (bool): Also return the ``(m, K_eff)`` posterior.
+
+    Returns:
+        Mixture: the pruned mixture (``n_components`` is the effective K),
+        or ``(mixture, resp)`` when ``return_posterior`` is True.
+    """
+    xp, points = _check_points(points, n_components)
+    kmeans_iters = _check_iters('kmeans_iters', kmeans_iters)
+    em_iters = _check_iters('em_iters', em_iters)
+    if n_trials is None:
+        n_trials = _default_n_trials(n_components)
+    elif (not isinstance(n_trials, numbers.Integral) or n_trials < 1):
+        raise ValueError('n_trials must be a positive integer, got {!r}'
+                         .format(n_trials))
+    if not 0 < sample_ratio <= 1:
+        raise ValueError('sample_ratio must be in (0, 1], got {!r}'
+                         .format(sample_ratio))
+    if not 0 <= min_weight < 1:
+        raise ValueError('min_weight must be in [0, 1), got {!r}'
+                         .format(min_weight))
+    if not reg_covar >= 0:
+        raise ValueError('reg_covar must be non-negative, got {!r}'
+                         .format(reg_covar))
+    rng = _check_rng(xp, rng)
+    mixture, log_resp = _fit_gmm(
+        xp, points, n_components, kmeans_iters, em_iters, int(n_trials),
+        sample_ratio, min_weight, reg_covar, rng)
+    if return_posterior:
+        return mixture, xp.exp(log_resp)
+    return mixture
+
+
+def _fit_gmm(xp, points, n_components, kmeans_iters, em_iters, n_trials,
+             sample_ratio, min_weight, reg_covar, rng):
+    m = points.shape[0]
+    sample = points
+    if sample_ratio < 1:
+        n_sample = min(m, max(n_components, int(math.ceil(sample_ratio * m))))
+        if n_sample < m:
+            index = rng.choice(m, size=n_sample, replace=False)
+            sample = points[index]
+    sample_sq = sample * sample
+
+    centers, _ = _kmeans_plusplus(xp, sample, n_components, n_trials, rng,
+                                  sample_sq.sum(axis=1))
+    _, labels = _kmeans(xp, sample, centers, max(kmeans_iters, 1))
+    resp = _one_hot(xp, labels, n_components, sample.dtype)
+    mixture = _m_step(xp, sample, resp, reg_covar, sample_sq)
+    for _ in range(em_iters):
+        log_resp, _ = _e_step(xp, sample, mixture, sample_sq)
+        mixture = _m_step(xp, sample, xp.exp(log_resp), reg_covar, sample_sq)
+
+    points_sq = sample_sq if sample is points else None
+    log_resp, _ = _e_step(xp, points, mixture, points_sq)
+    return _prune(xp, mixture, log_resp, min_weight)
+
+
+def _prune(xp, mixture, log_resp, min_weight):
+    """Drop components lighter than ``min_weight`` (paper §5.3).
+
+    The kept weights are renormalised, and so is the posterior (in log
+    space), which equals the posterior under the pruned mixture.
+    """
+    if min_weight <= 0:
+        return mixture, log_resp
+    mean_resp = xp.exp(log_resp).mean(axis=0)
+    keep = mean_resp >= min_weight
+    keep[xp.argmax(mean_resp)] = True  # never drop every component
+    keep = numpy.flatnonzero(_to_numpy(keep))  # one host sync per fit
+    if keep.size == mixture.n_components:
+        return mixture, log_resp
+    keep = xp.asarray(keep)
+    weights = mixture.weights[keep]
+    mixture = Mixture(weights / weights.sum(), mixture.means[keep],
+                      mixture.variances[keep])
+    log_resp = log_resp[:, keep]
+    log_resp = log_resp - _logsumexp(xp, log_resp)[:, None]
+    return mixture, log_resp
+
+
+def _to_numpy(a):
+    if isinstance(a, numpy.ndarray):
+        return a
+    return a.get()
