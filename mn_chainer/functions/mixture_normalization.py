@@ -81,19 +81,19 @@ def _coefficients(xp, t3, s):
     return a, v
 
 
-def _normalized_sum(xp, x3, a, mean, inv_std):
-    """``sum_k a_ik x_hat_ik`` as ``(N, C, P)`` through two small products."""
-    return x3 * _bmm(xp, inv_std.T, a) - _bmm(xp, (mean * inv_std).T, a)
-
-
 def _apply_forward(xp, x3, a, gamma, beta, mean, inv_std, relu):
     """Eqs. 34 + 37 (``relu=False``) or Eq. 40 (``relu=True``)."""
-    g = gamma[:, None]
-    b = beta[:, None]
     if not relu:
-        # Linear in x_hat: gamma * sum_k a x_hat + beta * sum_k a.
-        return (g * _normalized_sum(xp, x3, a, mean, inv_std)
-                + b * a.sum(axis=1, keepdims=True))
+        # Linear in x: y_i = x_i * sum_k a_ik gamma inv_std_k
+        #                  - sum_k a_ik (gamma mean_k inv_std_k - beta),
+        # both sums from one small batched product.
+        c = x3.shape[1]
+        w = xp.concatenate((gamma * inv_std,
+                            gamma * mean * inv_std - beta), axis=1)
+        scale_shift = _bmm(xp, w.T, a)
+        y = x3 * scale_shift[:, :c]
+        y -= scale_shift[:, c:]
+        return y
     y = xp.zeros_like(x3)
     for k in range(a.shape[1]):
         scale = (gamma * inv_std[k])[:, None]
@@ -212,31 +212,38 @@ class MixtureNormalizationGrad(function_node.FunctionNode):
             gx, ggamma, gbeta = self._backward_relu(
                 xp, x3, a, v, g3, gamma_c, beta_c)
         else:
-            gx, ggamma, gbeta = self._backward_linear(
-                xp, x3, a, v, g3, gamma_c)
+            gx, ggamma, gbeta = self._backward_linear(xp, x3, a, g3, gamma_c)
         return (gx.reshape(x.shape).astype(x.dtype, copy=False),
                 ggamma.astype(gamma.dtype, copy=False),
                 gbeta.astype(gamma.dtype, copy=False))
 
-    def _backward_linear(self, xp, x3, a, v, g3, gamma):
-        mean, inv_std = self.mean, self.inv_std
-        a_sum = a.sum(axis=1, keepdims=True)
-        gbeta = (g3 * a_sum).sum(axis=(0, 2))
-        ggamma = (g3 * _normalized_sum(xp, x3, a, mean, inv_std)).sum(
-            axis=(0, 2))
-        # Per component: sum_j h_jk = gamma G1_k and
-        # sum_j h_jk x_hat_jk = gamma inv_std_k (Gx_k - mean_k G1_k).
+    def _backward_linear(self, xp, x3, a, g3, gamma):
+        mean, inv_std, s = self.mean, self.inv_std, self.s
+        # Per component (K, C): G1_k = sum_i a_ik g_i and
+        # Gx_k = sum_i a_ik g_i x_i, so that sum_i h_ik = gamma G1_k and
+        # sum_i h_ik x_hat_ik = gamma inv_std_k (Gx_k - mean_k G1_k).
         g1 = _component_sums(xp, g3, a)
         gxs = _component_sums(xp, g3 * x3, a)
+        gbeta = g1.sum(axis=0)
+        ggamma = (inv_std * (gxs - mean * g1)).sum(axis=0)
         s1 = gamma * g1
         s2 = gamma * inv_std * (gxs - mean * g1)
-        # sum_k v_ik inv_std_k (S1_k + x_hat_ik S2_k), expanded in x_i.
-        w = xp.concatenate((inv_std * (s1 - inv_std * mean * s2),
-                            inv_std * inv_std * s2), axis=1)
-        vw = _bmm(xp, w.T, v)
+        # gx_i = g_i sum_k a_ik gamma inv_std_k
+        #        - sum_k v_ik inv_std_k (S1_k - inv_std_k mean_k S2_k)
+        #        - x_i sum_k v_ik inv_std_k^2 S2_k,
+        # with v_ik = a_ik / sqrt(m s_k): one batched product.
+        m = x3.shape[0] * x3.shape[2]
+        tiny = numpy.finfo(x3.dtype).tiny
+        v_scale = (1 / xp.sqrt(m * xp.maximum(s, tiny)))[:, None]
+        w = xp.concatenate((
+            gamma * inv_std,
+            v_scale * inv_std * (s1 - inv_std * mean * s2),
+            v_scale * inv_std * inv_std * s2), axis=1)
+        r = _bmm(xp, w.T, a)
         c = x3.shape[1]
-        gx = (gamma[:, None] * g3 * _bmm(xp, inv_std.T, a)
-              - vw[:, :c] - x3 * vw[:, c:])
+        gx = g3 * r[:, :c]
+        gx -= r[:, c:2 * c]
+        gx -= x3 * r[:, 2 * c:]
         return gx, ggamma, gbeta
 
     def _backward_relu(self, xp, x3, a, v, g3, gamma, beta):
