@@ -493,6 +493,11 @@ def _fit_gmm(xp, points, n_components, kmeans_iters, em_iters, n_trials,
         if n_sample < m:
             index = rng.choice(m, size=n_sample, replace=False)
             sample = points[index]
+    # Fit centred points (a diagonal mixture is translation invariant):
+    # E[x^2] - mu^2 and the distance expansions cancel catastrophically in
+    # float32 when |mean| >> sd.
+    shift = sample.mean(axis=0)
+    sample = sample - shift
     sample_sq = sample * sample
 
     centers, _ = _kmeans_plusplus(xp, sample, n_components, n_trials, rng,
@@ -504,9 +509,13 @@ def _fit_gmm(xp, points, n_components, kmeans_iters, em_iters, n_trials,
         log_resp, _ = _e_step(xp, sample, mixture, sample_sq)
         mixture = _m_step(xp, sample, xp.exp(log_resp), reg_covar, sample_sq)
 
-    points_sq = sample_sq if sample is points else None
+    if sample.shape[0] == m:
+        points, points_sq = sample, sample_sq
+    else:
+        points, points_sq = points - shift, None
     log_resp, _ = _e_step(xp, points, mixture, points_sq)
-    return _prune(xp, mixture, log_resp, min_weight)
+    mixture, log_resp = _prune(xp, mixture, log_resp, min_weight)
+    return mixture._replace(means=mixture.means + shift), log_resp
 
 
 def _prune(xp, mixture, log_resp, min_weight):
