@@ -1,0 +1,156 @@
+"""Short BN-2 vs MN-2 comparison on CIFAR-10 (the README's main command).
+
+Trains the CIFAR CNN of the paper's Table II twice, with the settings of
+rows BN-2 and MN-2 (RMSprop, lr 0.01, weight decay 2e-5, lr x0.93 every 2
+epochs; MN-2 puts Mixture Normalization with K=3 and EM iter 2 at
+``conv3``), on the same seeded random subset of CIFAR-10 with the same seed,
+and prints their test accuracies per epoch side by side::
+
+    python -m mn_chainer.demo --data ../shared/data/cifar10.npz
+
+Without ``--data`` the images come from Chainer's CIFAR-10 download. The
+defaults (a few thousand training images, a few epochs, batch 128) are
+chosen so that both runs take about 10 minutes on 2 CPU cores; the paper
+trains 100 epochs on all 50,000 images with batch 256, so these numbers are
+far from its Table II (quoted in the output for context). A single short run
+is also noisier than the BN/MN difference: compare several seeds
+(``--seed``) before concluding anything.
+
+The two runs are written to ``<out>/bn2`` and ``<out>/mn2`` (LogReport
+``log``, ``args.json``, plots, snapshots), so
+``mn-compare <out>/bn2 <out>/mn2`` and ``mn-plot`` can read them.
+"""
+import argparse
+import json
+import os
+import time
+
+import mn_chainer.presets
+import train_cifar
+
+
+#: Rows compared, in table order.
+ROWS = ('BN-2', 'MN-2')
+
+_ACC = 'validation/main/accuracy'
+
+
+def get_parser():
+    parser = argparse.ArgumentParser(
+        description='Short BN-2 vs MN-2 comparison on CIFAR-10 (paper '
+        'Table II rows, reduced length)',
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument('--data', default=None,
+                        help='CIFAR-10 .npz (uint8 NHWC x_train/y_train/'
+                        'x_test/y_test); default: Chainer\'s download')
+    parser.add_argument('--epoch', '-e', type=int, default=4,
+                        help='training epochs of each run')
+    parser.add_argument('--train-subset', type=int, default=4096,
+                        help='training images (seeded random subset)')
+    parser.add_argument('--test-subset', type=int, default=2000,
+                        help='test images (seeded random subset)')
+    parser.add_argument('--batchsize', '-b', type=int, default=128,
+                        help='mini-batch size (the paper: 256)')
+    parser.add_argument('--widths', default=None,
+                        help='CIFAR CNN widths (default: 64,128,256,256)')
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--device', '-d', default='-1')
+    parser.add_argument('--loaderjob', '-j', type=int, default=None)
+    parser.add_argument('--out', '-o', default=os.path.join('result', 'demo'))
+    parser.add_argument('--progress', action='store_true',
+                        help='show the training progress bars')
+    return parser
+
+
+def _train_argv(args, row, out):
+    argv = ['--preset', 'table2:' + row, '--dataset', 'cifar10',
+            '--epoch', str(args.epoch), '--batchsize', str(args.batchsize),
+            '--train-subset', str(args.train_subset),
+            '--test-subset', str(args.test_subset),
+            '--seed', str(args.seed), '--device', args.device,
+            '--out', out]
+    if args.data is not None:
+        argv += ['--data', args.data]
+    if args.widths is not None:
+        argv += ['--widths', args.widths]
+    if args.loaderjob:
+        argv += ['--loaderjob', str(args.loaderjob)]
+    if not args.progress:
+        argv.append('--no-progress')
+    return argv
+
+
+def _pct(value):
+    return '{:6.2f}'.format(100 * value) if value is not None else '     -'
+
+
+def format_comparison(logs, rows=ROWS):
+    """Returns the side-by-side table of test accuracy per epoch.
+
+    Args:
+        logs (dict): Row -> LogReport log (list of per-epoch dicts).
+
+    """
+    by_epoch = {row: {e['epoch']: e for e in logs[row]} for row in rows}
+    epochs = sorted(set().union(*by_epoch.values()))
+    lines = ['test accuracy (%) per epoch',
+             'epoch ' + ''.join('{:>9}'.format(r) for r in rows) +
+             '   MN-2 effective K']
+    for epoch in epochs:
+        cells = [_pct(by_epoch[r].get(epoch, {}).get(_ACC)) for r in rows]
+        k = by_epoch['MN-2'].get(epoch, {}).get('mn/conv3/effective_k') \
+            if 'MN-2' in by_epoch else None
+        lines.append('{:5d} '.format(epoch) +
+                     ''.join('{:>9}'.format(c) for c in cells) +
+                     ('   {:g}'.format(k) if k is not None else ''))
+    best = [max((e[_ACC] for e in logs[r]), default=None) for r in rows]
+    lines.append(' best ' + ''.join('{:>9}'.format(_pct(b)) for b in best))
+    return '\n'.join(lines)
+
+
+def _paper_context(dataset='cifar10'):
+    lines = ['paper, Table II ({}; 50,000 images, batch 256; max test '
+             'accuracy after 25/50/75/100 epochs):'.format(dataset)]
+    for row in ROWS:
+        preset = mn_chainer.presets.get_preset('table2:' + row, dataset)
+        lines.append('  {}: {}'.format(row, ' / '.join(
+            '{:.2f}'.format(a) for a in preset.paper['acc'])))
+    return '\n'.join(lines)
+
+
+def main(argv=None):
+    """Runs both trainings and prints the comparison; returns the logs."""
+    args = get_parser().parse_args(argv)
+    logs = {}
+    times = {}
+    for row in ROWS:
+        out = os.path.join(args.out, row.replace('-', '').lower())
+        print('=== {} -> {}'.format(row, out), flush=True)
+        start = time.time()
+        logs[row] = train_cifar.main(_train_argv(args, row, out))
+        times[row] = time.time() - start
+    with open(os.path.join(args.out, 'mn2', 'args.json')) as f:
+        settings = json.load(f)
+    summary = '\n'.join([
+        'CIFAR-10, {} training / {} test images, {} epochs, batch {}, '
+        'seed {}'.format(settings['n_train'], settings['n_test'],
+                         args.epoch, args.batchsize, args.seed),
+        format_comparison(logs),
+        'wall time: ' + ', '.join(
+            '{} {:.0f} s'.format(r, times[r]) for r in ROWS),
+        '',
+        _paper_context(),
+        'A short CPU run on a subset is far from the paper\'s 100-epoch '
+        'setting,',
+        'and one seed is noisier than the BN/MN difference (repeat with '
+        'other --seed values).',
+    ])
+    print('')
+    print(summary)
+    with open(os.path.join(args.out, 'summary.txt'), 'w') as f:
+        f.write(summary + '\n')
+    return logs
+
+
+if __name__ == '__main__':
+    main()
