@@ -224,7 +224,7 @@ def _logsumexp(xp, a):
 
 
 def _estimate_log_resp(xp, points, log_weights, means, precisions,
-                       points_sq=None):
+                       points_sq=None, augmented=None):
     """E-step in log space: log responsibilities and log normalizers.
 
     ``log p(x_i, k) = log pi_k - (d log 2pi - sum_j log prec_kj
@@ -237,19 +237,26 @@ def _estimate_log_resp(xp, points, log_weights, means, precisions,
         means: ``(K, d)``.
         precisions: ``(K, d)``, the inverse variances.
         points_sq: Optional ``points ** 2`` (reused across EM iterations).
+        augmented: Optional ``[points, points ** 2]`` of shape ``(m, 2d)``:
+            the NumPy path then needs a single matrix product.
 
     Returns:
         tuple: ``log_resp (m, K)`` and ``log_norm (m,)``.
     """
     if _use_kernels(xp):
         from mn_chainer import kernels
-        return kernels.estep_log_resp(points, log_weights, means, precisions)
-    if points_sq is None:
-        points_sq = points * points
+        return kernels.estep_log_resp(xp.ascontiguousarray(points),
+                                      log_weights, means, precisions)
     d = points.shape[1]
     # sum_j prec (x - mu)^2, expanded into matrix products (as scikit-learn).
-    maha = points_sq @ precisions.T
-    maha -= 2 * (points @ (means * precisions).T)
+    if augmented is not None:
+        maha = augmented @ xp.concatenate(
+            (-2 * means * precisions, precisions), axis=1).T
+    else:
+        if points_sq is None:
+            points_sq = points * points
+        maha = points_sq @ precisions.T
+        maha -= 2 * (points @ (means * precisions).T)
     maha += (means * means * precisions).sum(axis=1)[None, :]
     log_prob = -0.5 * (d * math.log(2 * math.pi) + maha)
     log_prob += 0.5 * xp.log(precisions).sum(axis=1)[None, :]
@@ -287,11 +294,22 @@ def estimate_gaussian_parameters(points, resp, reg_covar, points_sq=None):
     xp = get_array_module(points)
     if points_sq is None:
         points_sq = points * points
-    nk = resp.sum(axis=0) + 10 * numpy.finfo(resp.dtype).eps
-    means = (resp.T @ points) / nk[:, None]
-    avg_sq = (resp.T @ points_sq) / nk[:, None]
-    variances = xp.maximum(avg_sq - means * means, 0) + reg_covar
-    return nk, means, variances
+    sums = xp.concatenate((resp.T @ points, resp.T @ points_sq), axis=1)
+    return _gaussians_from_sums(xp, resp.sum(axis=0), sums, reg_covar)
+
+
+def _weighted_sums(xp, augmented, resp):
+    """``sum_i resp_ik`` (K,) and ``sum_i resp_ik [x_i, x_i^2]`` (K, 2d)."""
+    return resp.sum(axis=0), (augmented.T @ resp).T
+
+
+def _gaussians_from_sums(xp, nk, sums, reg_covar):
+    """``(nk, means, variances)`` from responsibility-weighted sums."""
+    d = sums.shape[1] // 2
+    nk = nk + 10 * numpy.finfo(sums.dtype).eps
+    means = sums[:, :d] / nk[:, None]
+    variances = xp.maximum(sums[:, d:] / nk[:, None] - means * means, 0)
+    return nk, means, variances + reg_covar
 
 
 def kmeans_plusplus(points, n_components, n_trials=None, rng=None):
@@ -378,27 +396,34 @@ def kmeans(points, centers, n_iter=1):
     return _kmeans(xp, points, centers.astype(points.dtype), max(n_iter, 1))
 
 
-def _kmeans(xp, points, centers, n_iter):
+def _kmeans(xp, points, centers, n_iter, reducer=None):
     n_components = centers.shape[0]
     for _ in range(n_iter):
         labels = _hard_assign(xp, points, centers)
         one_hot = _one_hot(xp, labels, n_components, points.dtype)
-        counts = one_hot.sum(axis=0)
-        sums = one_hot.T @ points
+        counts, sums = _allreduce(xp, reducer, one_hot.sum(axis=0),
+                                  (points.T @ one_hot).T)
         centers = xp.where(counts[:, None] > 0,
                            sums / xp.maximum(counts, 1)[:, None], centers)
     return centers, labels
 
 
-def _m_step(xp, points, resp, reg_covar, points_sq):
-    nk, means, variances = estimate_gaussian_parameters(
-        points, resp, reg_covar, points_sq)
+def _m_step(xp, points, resp, reg_covar, points_sq=None, augmented=None,
+            reducer=None):
+    if augmented is None:
+        if points_sq is None:
+            points_sq = points * points
+        augmented = xp.concatenate((points, points_sq), axis=1)
+    nk, sums = _allreduce(xp, reducer,
+                          *_weighted_sums(xp, augmented, resp))
+    nk, means, variances = _gaussians_from_sums(xp, nk, sums, reg_covar)
     return Mixture(nk / nk.sum(), means, variances)
 
 
-def _e_step(xp, points, mixture, points_sq=None):
+def _e_step(xp, points, mixture, points_sq=None, augmented=None):
     return _estimate_log_resp(xp, points, _log(xp, mixture.weights),
-                              mixture.means, 1 / mixture.variances, points_sq)
+                              mixture.means, 1 / mixture.variances, points_sq,
+                              augmented)
 
 
 def posterior(points, mixture):
@@ -428,7 +453,7 @@ def log_likelihood(points, mixture):
 
 def fit_gmm(points, n_components, kmeans_iters=1, em_iters=1, n_trials=None,
             sample_ratio=1.0, min_weight=0.01, reg_covar=1e-6, rng=None,
-            return_posterior=False):
+            return_posterior=False, centers=None, reducer=None):
     """Fit a diagonal Gaussian mixture as Mixture Normalization does.
 
     K-means++ seeding, ``kmeans_iters`` Lloyd iterations, initialisation
@@ -453,6 +478,11 @@ def fit_gmm(points, n_components, kmeans_iters=1, em_iters=1, n_trials=None,
         rng: None, an integer seed or an ``xp.random.RandomState``; a fixed
             seed gives identical results.
         return_posterior (bool): Also return the ``(m, K_eff)`` posterior.
+        centers: Optional initial centres ``(K, d)``; skips K-means++.
+        reducer (Reducer): For data-parallel fits: sums the sufficient
+            statistics over the workers, so that every worker fits the
+            mixture of the union of their points (see :class:`Reducer`).
+            None fits the local points alone.
 
     Returns:
         Mixture: the pruned mixture (``n_components`` is the effective K),
@@ -476,49 +506,92 @@ def fit_gmm(points, n_components, kmeans_iters=1, em_iters=1, n_trials=None,
         raise ValueError('reg_covar must be non-negative, got {!r}'
                          .format(reg_covar))
     rng = _check_rng(xp, rng)
+    if centers is not None:
+        centers = xp.asarray(centers, dtype=points.dtype)
+        if centers.shape != (n_components, points.shape[1]):
+            raise ValueError('centers must have shape {}, got {}'.format(
+                (n_components, points.shape[1]), centers.shape))
     mixture, log_resp = _fit_gmm(
         xp, points, n_components, kmeans_iters, em_iters, int(n_trials),
-        sample_ratio, min_weight, reg_covar, rng)
+        sample_ratio, min_weight, reg_covar, rng, centers, reducer)
     if return_posterior:
         return mixture, xp.exp(log_resp)
     return mixture
 
 
 def _fit_gmm(xp, points, n_components, kmeans_iters, em_iters, n_trials,
-             sample_ratio, min_weight, reg_covar, rng):
-    m = points.shape[0]
+             sample_ratio, min_weight, reg_covar, rng, centers=None,
+             reducer=None):
+    m, d = points.shape
+    # With a reducer the workers share `rng` (same seed, same draws: the
+    # seeding is the same everywhere) and draw their local subsamples from
+    # a per-worker stream, split off `rng` only where a subsample is drawn
+    # (under conditions that are the same on every worker).
+    worker_rng = []
+
+    def local_rng():
+        if reducer is None:
+            return rng
+        if not worker_rng:
+            worker_rng.append(_worker_rng(xp, rng, reducer))
+        return worker_rng[0]
+
     sample = points
     if sample_ratio < 1:
+        rs = local_rng()
         n_sample = min(m, max(n_components, int(math.ceil(sample_ratio * m))))
         if n_sample < m:
-            index = rng.choice(m, size=n_sample, replace=False)
+            index = rs.choice(m, size=n_sample, replace=False)
             sample = points[index]
     # Fit centred points (a diagonal mixture is translation invariant):
     # E[x^2] - mu^2 and the distance expansions cancel catastrophically in
     # float32 when |mean| >> sd.
-    shift = sample.mean(axis=0)
-    sample = sample - shift
-    sample_sq = sample * sample
+    total, count = _allreduce(xp, reducer, sample.sum(axis=0),
+                              xp.full(1, sample.shape[0], sample.dtype))
+    shift = total / count
+    # [x, x^2] side by side: every M-step (and E-step on NumPy) is then one
+    # matrix product over the points.
+    augmented = _augment(xp, sample, shift)
+    x = augmented[:, :d]
+    if xp is not numpy:
+        x = xp.ascontiguousarray(x)  # the fused kernels read whole rows
 
-    centers, _ = _kmeans_plusplus(xp, sample, n_components, n_trials, rng,
-                                  sample_sq.sum(axis=1))
-    _, labels = _kmeans(xp, sample, centers, max(kmeans_iters, 1))
-    resp = _one_hot(xp, labels, n_components, sample.dtype)
-    mixture = _m_step(xp, sample, resp, reg_covar, sample_sq)
-    for _ in range(em_iters):
-        log_resp, _ = _e_step(xp, sample, mixture, sample_sq)
-        mixture = _m_step(xp, sample, xp.exp(log_resp), reg_covar, sample_sq)
-
-    if sample.shape[0] == m:
-        points, points_sq = sample, sample_sq
+    if centers is None:
+        seed_points = x if reducer is None else _gather_points(
+            xp, x, reducer, local_rng, int(_to_numpy(count)[0]))
+        centers, _ = _kmeans_plusplus(
+            xp, seed_points, n_components, n_trials, rng,
+            augmented[:, d:].sum(axis=1) if seed_points is x else None)
     else:
-        points, points_sq = points - shift, None
-    log_resp, _ = _e_step(xp, points, mixture, points_sq)
-    mixture, log_resp = _prune(xp, mixture, log_resp, min_weight)
+        centers = centers - shift
+    _, labels = _kmeans(xp, x, centers, max(kmeans_iters, 1), reducer)
+    resp = _one_hot(xp, labels, n_components, x.dtype)
+    mixture = _m_step(xp, x, resp, reg_covar, augmented=augmented,
+                      reducer=reducer)
+    for _ in range(em_iters):
+        log_resp, _ = _e_step(xp, x, mixture, augmented=augmented)
+        mixture = _m_step(xp, x, xp.exp(log_resp), reg_covar,
+                          augmented=augmented, reducer=reducer)
+
+    if sample is not points:
+        augmented = _augment(xp, points, shift)
+        x = augmented[:, :d]
+    log_resp, _ = _e_step(xp, x, mixture, augmented=augmented)
+    mixture, log_resp = _prune(xp, mixture, log_resp, min_weight, reducer)
     return mixture._replace(means=mixture.means + shift), log_resp
 
 
-def _prune(xp, mixture, log_resp, min_weight):
+def _augment(xp, points, shift):
+    """``[points - shift, (points - shift)^2]``, shape ``(m, 2d)``."""
+    d = points.shape[1]
+    augmented = xp.empty((points.shape[0], 2 * d), dtype=points.dtype)
+    x = augmented[:, :d]
+    xp.subtract(points, shift, out=x)
+    xp.multiply(x, x, out=augmented[:, d:])
+    return augmented
+
+
+def _prune(xp, mixture, log_resp, min_weight, reducer=None):
     """Drop components lighter than ``min_weight`` (paper §5.3).
 
     The kept weights are renormalised, and so is the posterior (in log
@@ -526,7 +599,10 @@ def _prune(xp, mixture, log_resp, min_weight):
     """
     if min_weight <= 0:
         return mixture, log_resp
-    mean_resp = xp.exp(log_resp).mean(axis=0)
+    resp_sum, count = _allreduce(
+        xp, reducer, xp.exp(log_resp).sum(axis=0),
+        xp.full(1, log_resp.shape[0], log_resp.dtype))
+    mean_resp = resp_sum / count
     keep = mean_resp >= min_weight
     keep[xp.argmax(mean_resp)] = True  # never drop every component
     keep = numpy.flatnonzero(_to_numpy(keep))  # one host sync per fit
@@ -539,6 +615,84 @@ def _prune(xp, mixture, log_resp, min_weight):
     log_resp = log_resp[:, keep]
     log_resp = log_resp - _logsumexp(xp, log_resp)[:, None]
     return mixture, log_resp
+
+
+# ---------------------------------------------------------------------------
+# Data-parallel fits
+
+
+class Reducer(object):
+
+    """Sums arrays over the workers of a data-parallel job.
+
+    :func:`fit_gmm` and :func:`mn_chainer.functions.mixture_normalization`
+    take a reducer to fit and normalize by the statistics of the union of
+    every worker's points: each step packs its sufficient statistics (the
+    sums of the responsibilities and the responsibility-weighted sums of
+    ``x`` and ``x^2``) into one buffer and sums it over the workers once.
+    This base class is the single-worker reducer (the identity);
+    :class:`mn_chainer.links.MultiNodeMixtureNormalization` uses a
+    ChainerMN communicator.
+
+    Attributes:
+        rank (int): This worker's index.
+        size (int): Number of workers.
+    """
+
+    rank = 0
+    size = 1
+
+    def allreduce(self, array):
+        """Return the element-wise sum of ``array`` over the workers."""
+        return array
+
+
+#: Points gathered from all workers for the K-means++ seeding.
+SEED_POINTS = 4096
+
+
+def _allreduce(xp, reducer, *arrays):
+    """Sum several arrays over the workers with one reduction."""
+    if reducer is None or reducer.size == 1:
+        return arrays
+    flat = xp.concatenate([a.ravel() for a in arrays])
+    flat = reducer.allreduce(flat)
+    out, start = [], 0
+    for a in arrays:
+        out.append(flat[start:start + a.size].reshape(a.shape))
+        start += a.size
+    return tuple(out)
+
+
+def _worker_rng(xp, rng, reducer):
+    seed = int(_to_numpy(rng.randint(0, 2 ** 31 - 1, size=1))[0])
+    return xp.random.RandomState((seed + reducer.rank) % (2 ** 32))
+
+
+def _gather_points(xp, x, reducer, local_rng, total):
+    """The union of all workers' points (ordered by rank), the same on all.
+
+    Where there are more than ``SEED_POINTS`` points in all (``total``),
+    every worker contributes ``SEED_POINTS // size`` of its points at most,
+    drawn at random from ``local_rng()``.
+    """
+    if reducer.size == 1:
+        return x
+    n_local = x.shape[0]
+    if total > SEED_POINTS:
+        rs = local_rng()
+        n_local = min(n_local, max(1, SEED_POINTS // reducer.size))
+        if n_local < x.shape[0]:
+            x = x[rs.choice(x.shape[0], size=n_local, replace=False)]
+    counts = xp.zeros(reducer.size, dtype=x.dtype)
+    counts[reducer.rank] = n_local
+    counts, = _allreduce(xp, reducer, counts)
+    counts = _to_numpy(counts).astype(numpy.int64)
+    start = int(counts[:reducer.rank].sum())
+    gathered = xp.zeros((int(counts.sum()), x.shape[1]), dtype=x.dtype)
+    gathered[start:start + n_local] = x
+    gathered, = _allreduce(xp, reducer, gathered)
+    return gathered
 
 
 def _to_numpy(a):

@@ -26,6 +26,8 @@ import chainer.functions
 from chainer.utils import argument
 from chainer.utils import type_check
 
+from mn_chainer import gmm
+
 
 def _compute_dtype(dtype):
     # float16 is computed in float32, like Chainer's batch normalization.
@@ -47,7 +49,7 @@ def _component_sums(xp, x3, t3):
     return xp.matmul(x3, t3.transpose(0, 2, 1)).sum(axis=0).T
 
 
-def component_statistics(xp, x3, t3, eps):
+def component_statistics(xp, x3, t3, eps, reducer=None):
     """Responsibility-weighted statistics of every component.
 
     Args:
@@ -55,25 +57,31 @@ def component_statistics(xp, x3, t3, eps):
         x3: Activations viewed as ``(N, C, P)`` (compute dtype).
         t3: Responsibilities viewed as ``(N, K, P)`` (compute dtype).
         eps (float): Added to the variances before the square root.
+        reducer (~mn_chainer.gmm.Reducer): Sums the statistics over the
+            workers of a data-parallel job (None: this batch alone).
 
     Returns:
         tuple: ``s (K,)``, ``mean (K, C)``, ``var (K, C)``, ``inv_std (K, C)``
-        (``1 / sqrt(var + eps)``).  The variance is computed as
-        ``E_v[x^2] - mean^2`` (clipped at zero).
+        (``1 / sqrt(var + eps)``) and the number of points ``m``.  The
+        variance is computed as ``E_v[x^2] - mean^2`` (clipped at zero).
     """
     tiny = numpy.finfo(x3.dtype).tiny
-    s = t3.sum(axis=(0, 2))
+    s, sum_x, sum_sq, m = gmm._allreduce(
+        xp, reducer, t3.sum(axis=(0, 2)), _component_sums(xp, x3, t3),
+        _component_sums(xp, x3 * x3, t3),
+        xp.full(1, x3.shape[0] * x3.shape[2], x3.dtype))
     s_safe = xp.maximum(s, tiny)[:, None]
-    mean = _component_sums(xp, x3, t3) / s_safe
-    var = _component_sums(xp, x3 * x3, t3) / s_safe - mean * mean
-    var = xp.maximum(var, 0)
+    mean = sum_x / s_safe
+    var = xp.maximum(sum_sq / s_safe - mean * mean, 0)
     inv_std = 1 / xp.sqrt(var + eps)
-    return s, mean, var, inv_std
+    return s, mean, var, inv_std, m
 
 
-def _coefficients(xp, t3, s):
-    """``a = tau / sqrt(pi)`` and ``v = tau / s`` (0 for empty components)."""
-    m = t3.shape[0] * t3.shape[2]
+def _coefficients(xp, t3, s, m):
+    """``a = tau / sqrt(pi)`` and ``v = tau / s`` (0 for empty components).
+
+    ``pi = s / m``; ``s`` and ``m`` are totals (over all workers).
+    """
     tiny = numpy.finfo(t3.dtype).tiny
     s_safe = xp.maximum(s, tiny)
     a = t3 * (xp.sqrt(m / s_safe) * (s > 0))[None, :, None]
@@ -120,11 +128,12 @@ class MixtureNormalization(function_node.FunctionNode):
     var = None
     inv_std = None
 
-    def __init__(self, eps=2e-5, relu=False):
+    def __init__(self, eps=2e-5, relu=False, reducer=None):
         if not eps > 0:
             raise ValueError('eps must be positive, got {!r}'.format(eps))
         self.eps = float(eps)
         self.relu = bool(relu)
+        self.reducer = reducer
 
     @property
     def pi(self):
@@ -156,9 +165,9 @@ class MixtureNormalization(function_node.FunctionNode):
         dtype = _compute_dtype(x.dtype)
         x3 = _as3d(x).astype(dtype, copy=False)
         t3 = _as3d(tau).astype(dtype, copy=False)
-        self.s, self.mean, self.var, self.inv_std = component_statistics(
-            xp, x3, t3, self.eps)
-        a, _ = _coefficients(xp, t3, self.s)
+        self.s, self.mean, self.var, self.inv_std, self.m = \
+            component_statistics(xp, x3, t3, self.eps, self.reducer)
+        a, _ = _coefficients(xp, t3, self.s, self.m)
         y = _apply_forward(xp, x3, a, gamma.astype(dtype, copy=False),
                            beta.astype(dtype, copy=False), self.mean,
                            self.inv_std, self.relu)
@@ -168,7 +177,8 @@ class MixtureNormalization(function_node.FunctionNode):
         x, tau, gamma, beta = self.get_retained_inputs()
         gy, = grad_outputs
         gx, ggamma, gbeta = MixtureNormalizationGrad(
-            self.eps, self.relu, self.s, self.mean, self.inv_std).apply(
+            self.eps, self.relu, self.s, self.m, self.mean, self.inv_std,
+            self.reducer).apply(
                 (x, tau, gamma, beta, gy))
         return gx, None, ggamma, gbeta
 
@@ -190,10 +200,12 @@ class MixtureNormalizationGrad(function_node.FunctionNode):
     written with :mod:`chainer.functions`.
     """
 
-    def __init__(self, eps, relu, s, mean, inv_std):
+    def __init__(self, eps, relu, s, m, mean, inv_std, reducer=None):
         self.eps = eps
         self.relu = relu
         self.s = s
+        self.m = m
+        self.reducer = reducer
         self.mean = mean
         self.inv_std = inv_std
 
@@ -207,7 +219,7 @@ class MixtureNormalizationGrad(function_node.FunctionNode):
         g3 = _as3d(gy).astype(dtype, copy=False)
         gamma_c = gamma.astype(dtype, copy=False)
         beta_c = beta.astype(dtype, copy=False)
-        a, v = _coefficients(xp, t3, self.s)
+        a, v = _coefficients(xp, t3, self.s, self.m)
         if self.relu:
             gx, ggamma, gbeta = self._backward_relu(
                 xp, x3, a, v, g3, gamma_c, beta_c)
@@ -222,8 +234,8 @@ class MixtureNormalizationGrad(function_node.FunctionNode):
         # Per component (K, C): G1_k = sum_i a_ik g_i and
         # Gx_k = sum_i a_ik g_i x_i, so that sum_i h_ik = gamma G1_k and
         # sum_i h_ik x_hat_ik = gamma inv_std_k (Gx_k - mean_k G1_k).
-        g1 = _component_sums(xp, g3, a)
-        gxs = _component_sums(xp, g3 * x3, a)
+        g1, gxs = gmm._allreduce(xp, self.reducer, _component_sums(xp, g3, a),
+                                 _component_sums(xp, g3 * x3, a))
         gbeta = g1.sum(axis=0)
         ggamma = (inv_std * (gxs - mean * g1)).sum(axis=0)
         s1 = gamma * g1
@@ -232,9 +244,8 @@ class MixtureNormalizationGrad(function_node.FunctionNode):
         #        - sum_k v_ik inv_std_k (S1_k - inv_std_k mean_k S2_k)
         #        - x_i sum_k v_ik inv_std_k^2 S2_k,
         # with v_ik = a_ik / sqrt(m s_k): one batched product.
-        m = x3.shape[0] * x3.shape[2]
         tiny = numpy.finfo(x3.dtype).tiny
-        v_scale = (1 / xp.sqrt(m * xp.maximum(s, tiny)))[:, None]
+        v_scale = (1 / xp.sqrt(self.m * xp.maximum(s, tiny)))[:, None]
         w = xp.concatenate((
             gamma * inv_std,
             v_scale * inv_std * (s1 - inv_std * mean * s2),
@@ -248,25 +259,42 @@ class MixtureNormalizationGrad(function_node.FunctionNode):
 
     def _backward_relu(self, xp, x3, a, v, g3, gamma, beta):
         mean, inv_std = self.mean, self.inv_std
-        gx = xp.zeros_like(x3)
-        ggamma = xp.zeros_like(gamma)
-        gbeta = xp.zeros_like(gamma)
-        for k in range(a.shape[1]):
+
+        def terms(k):
+            # x_hat_k and t_k = a_k g (masked by the ReLU of component k).
             x_hat = (x3 - mean[k][:, None]) * inv_std[k][:, None]
             t = g3 * a[:, k:k + 1]
             t *= (x_hat * gamma[:, None] + beta[:, None]) > 0
-            t_sum = t.sum(axis=(0, 2))
-            t_x_hat_sum = (t * x_hat).sum(axis=(0, 2))
-            gbeta += t_sum
-            ggamma += t_x_hat_sum
+            return x_hat, t
+
+        def gx_term(k, x_hat, t, t_sum, t_x_hat_sum):
             vk = v[:, k:k + 1]
-            gx += inv_std[k][:, None] * (
+            return inv_std[k][:, None] * (
                 gamma[:, None] * t
                 - vk * (gamma * t_sum)[:, None]
                 - vk * x_hat * (gamma * t_x_hat_sum)[:, None])
-        return gx, ggamma, gbeta
+
+        n_components = a.shape[1]
+        gx = xp.zeros_like(x3)
+        sums = xp.empty((2, n_components, x3.shape[1]), dtype=x3.dtype)
+        for k in range(n_components):
+            x_hat, t = terms(k)
+            sums[0, k] = t.sum(axis=(0, 2))
+            sums[1, k] = (t * x_hat).sum(axis=(0, 2))
+            if self.reducer is None:
+                gx += gx_term(k, x_hat, t, sums[0, k], sums[1, k])
+        if self.reducer is not None:
+            # The per-component sums are global: reduce, then a second pass.
+            sums, = gmm._allreduce(xp, self.reducer, sums)
+            for k in range(n_components):
+                gx += gx_term(k, *terms(k), sums[0, k], sums[1, k])
+        return gx, sums[1].sum(axis=0), sums[0].sum(axis=0)
 
     def backward(self, indexes, grad_outputs):
+        if self.reducer is not None:
+            raise NotImplementedError(
+                'Double backward of mixture normalization over several '
+                'workers is not implemented')
         x, tau, gamma, beta, gy = self.get_retained_inputs()
         with chainer.using_config('enable_backprop', True):
             y = _mixture_normalization_graph(
@@ -301,7 +329,7 @@ def _mixture_normalization_graph(x, tau, gamma, beta, eps, relu):
     x3 = F.cast(F.reshape(x, (shape[0], shape[1], -1)), dtype)
     t3 = _as3d(tau).astype(dtype, copy=False)
     s = t3.sum(axis=(0, 2))
-    a, v = _coefficients(xp, t3, s)
+    a, v = _coefficients(xp, t3, s, t3.shape[0] * t3.shape[2])
     gamma3 = F.broadcast_to(F.cast(gamma, dtype)[None, :, None], x3.shape)
     beta3 = F.broadcast_to(F.cast(beta, dtype)[None, :, None], x3.shape)
     y = None
@@ -321,7 +349,7 @@ def _mixture_normalization_graph(x, tau, gamma, beta, eps, relu):
 
 
 def mixture_normalization(x, tau, gamma, beta, **kwargs):
-    """mixture_normalization(x, tau, gamma, beta, eps=2e-5, relu=False)
+    """mixture_normalization(x, tau, gamma, beta, eps=2e-5, relu=False, reducer=None)
 
     Mixture Normalizing Transform with given responsibilities.
 
@@ -350,6 +378,10 @@ def mixture_normalization(x, tau, gamma, beta, **kwargs):
         beta (:class:`~chainer.Variable` or :ref:`ndarray`): Shift ``(C,)``.
         eps (float): Added to the variances (default ``2e-5``).
         relu (bool): Per-component ReLU before aggregation (Eq. 40).
+        reducer (~mn_chainer.gmm.Reducer): Sums the component statistics
+            (and their gradients) over the workers of a data-parallel job,
+            so that every worker normalizes by the statistics of the global
+            batch (None: this batch alone).
 
     Returns:
         ~chainer.Variable: Output of the shape and dtype of ``x``.
@@ -361,8 +393,10 @@ def mixture_normalization(x, tau, gamma, beta, **kwargs):
         :class:`mn_chainer.links.MixtureNormalization`,
         :func:`chainer.functions.batch_normalization`
     """
-    eps, relu = argument.parse_kwargs(kwargs, ('eps', 2e-5), ('relu', False))
-    return MixtureNormalization(eps, relu).apply((x, tau, gamma, beta))[0]
+    eps, relu, reducer = argument.parse_kwargs(
+        kwargs, ('eps', 2e-5), ('relu', False), ('reducer', None))
+    return MixtureNormalization(eps, relu, reducer).apply(
+        (x, tau, gamma, beta))[0]
 
 
 def fixed_mixture_normalization(x, coefficients, gamma, beta, mean, var,
