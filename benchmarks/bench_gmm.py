@@ -1,0 +1,435 @@
+"""``gmm.fit_gmm`` vs scikit-learn doing the same work, in one run (issue 2).
+
+Both sides fit a diagonal Gaussian mixture to the same points with the same
+steps: greedy K-means++ seeding (``2 + floor(ln K)`` trials), one Lloyd step
+(assign every point to its nearest seed; the clusters' shares, means and
+variances initialise the mixture) and one EM iteration.  scikit-learn does
+it with its public pieces, always in float64::
+
+    centers, _ = sklearn.cluster.kmeans_plusplus(X, K)
+    labels = sklearn.metrics.pairwise.euclidean_distances(
+        X, centers).argmin(axis=1)
+    nk, means, var = _estimate_gaussian_parameters(X, one_hot(labels), ...)
+    GaussianMixture(K, covariance_type='diag', max_iter=1, tol=0,
+                    weights_init=nk / m, means_init=means,
+                    precisions_init=1 / var).fit(X)
+
+(the assignment is the one sklearn's K-means++ uses internally; its
+``pairwise_distances_argmin`` gives the same labels).  Ours is
+``fit_gmm(x, K, kmeans_iters=1, em_iters=1, sample_ratio=1, min_weight=0)``
+(no pruning, like scikit-learn) in ``--dtype`` (float32 by default).
+
+Each row reports the median time over ``--repeats`` fits after one warm-up
+(seed ``r`` on both sides; the contenders take turns seed by seed, so load
+changes on a shared machine hit them alike), the speed-up (scikit-learn
+time / our time), and the mean log-likelihood per point of both fits,
+evaluated in float64 on the same points and averaged over the fits of
+seeds ``0 .. max(--repeats, --ll-seeds) - 1`` (ours: ``gmm.log_likelihood``,
+scikit-learn: ``GaussianMixture.score``).  One fit's log-likelihood depends
+mostly on its K-means++ seeds (both sides draw them alike but from
+different random streams), hence the average and its standard error.
+
+The points are rectified activations: a mixture of four Gaussians in ``d``
+dimensions through a ReLU, plus a little Gaussian noise (seeded).
+
+Threads: ``--threads N`` limits BLAS and OpenMP (NumPy's and scikit-learn's)
+to N threads through threadpoolctl for the whole run; by default the
+libraries' own defaults apply (the ``OMP_NUM_THREADS`` /
+``OPENBLAS_NUM_THREADS`` environment, else one thread per core).  The
+header prints what was in effect.
+
+    python benchmarks/bench_gmm.py --markdown --dtype both
+    python benchmarks/bench_gmm.py --device cupy    # GPU: CUDA-event timing
+
+With ``--device cupy`` our fit runs on the current GPU and is timed with
+CUDA events (scikit-learn stays on the CPU; ``--skip-sklearn`` leaves it
+out), and the run ends with the issue's GPU goal: the whole fit as MN does
+it (``min_weight=0.01``, posterior of every point returned) for m = 8192,
+d = 448, K = 5, under 1 ms.
+"""
+import argparse
+import functools
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+import warnings
+
+import numpy
+
+from mn_chainer import gmm
+
+try:
+    import threadpoolctl  # comes with scikit-learn
+except ImportError:  # e.g. a GPU machine with --skip-sklearn
+    threadpoolctl = None
+
+
+def make_activations(m, d, seed, n_sources=4):
+    """Rectified activations: ReLU of a Gaussian mixture, plus noise.
+
+    Returns:
+        numpy.ndarray: float64 array of shape ``(m, d)``.
+    """
+    rs = numpy.random.RandomState(seed)
+    weights = rs.dirichlet(numpy.full(n_sources, 2.0))
+    centres = rs.randn(n_sources, d)
+    scales = rs.uniform(0.3, 1.0, size=(n_sources, d))
+    labels = rs.choice(n_sources, size=m, p=weights)
+    pre = centres[labels] + scales[labels] * rs.randn(m, d)
+    return numpy.maximum(pre, 0) + 0.05 * rs.randn(m, d)
+
+
+# ---------------------------------------------------------------------------
+# The two fits
+
+
+def fit_sklearn(points, n_components, seed, reg_covar, lloyd='assign'):
+    """scikit-learn doing our work (module docstring); float64 points.
+
+    ``lloyd='kmeans'`` runs the Lloyd step as ``KMeans(init=seeds,
+    n_init=1, max_iter=1)`` instead, which assigns the points twice (to the
+    seeds, then to the updated centres for ``labels_``): more work than
+    ours, shown for reference only.
+    """
+    from sklearn import cluster
+    from sklearn import exceptions
+    from sklearn import metrics
+    from sklearn import mixture
+    from sklearn.mixture import _gaussian_mixture
+
+    centers, _ = cluster.kmeans_plusplus(points, n_components,
+                                         random_state=seed)
+    if lloyd == 'kmeans':
+        labels = cluster.KMeans(n_components, init=centers, n_init=1,
+                                max_iter=1).fit(points).labels_
+    else:
+        # The assignment as in sklearn's own K-means++ (BLAS distances);
+        # metrics.pairwise_distances_argmin gives the same labels but its
+        # OpenMP reduction is erratic on a loaded 2-core machine.
+        labels = metrics.pairwise.euclidean_distances(
+            points, centers).argmin(axis=1)
+    resp = numpy.zeros((points.shape[0], n_components))
+    resp[numpy.arange(points.shape[0]), labels] = 1
+    nk, means, variances = _gaussian_mixture._estimate_gaussian_parameters(
+        points, resp, reg_covar, 'diag')
+    model = mixture.GaussianMixture(
+        n_components, covariance_type='diag', max_iter=1, tol=0,
+        reg_covar=reg_covar, weights_init=nk / nk.sum(), means_init=means,
+        precisions_init=1 / variances, init_params='random_from_data',
+        random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', exceptions.ConvergenceWarning)
+        model.fit(points)
+    return model
+
+
+def fit_ours(points, n_components, rng, reg_covar, min_weight=0.0,
+             return_posterior=False):
+    return gmm.fit_gmm(points, n_components, kmeans_iters=1, em_iters=1,
+                       sample_ratio=1.0, min_weight=min_weight,
+                       reg_covar=reg_covar, rng=rng,
+                       return_posterior=return_posterior)
+
+
+# ---------------------------------------------------------------------------
+# Timing
+
+
+class _CPUTimer(object):
+
+    def __call__(self, fn):
+        start = time.perf_counter()
+        out = fn()
+        return (time.perf_counter() - start) * 1e3, out
+
+
+class _CUDATimer(object):
+
+    def __init__(self, cupy):
+        self.cupy = cupy
+        self.start = cupy.cuda.Event()
+        self.stop = cupy.cuda.Event()
+
+    def __call__(self, fn):
+        self.start.record()
+        out = fn()
+        self.stop.record()
+        self.stop.synchronize()
+        return self.cupy.cuda.get_elapsed_time(self.start, self.stop), out
+
+
+class _Side(object):
+    """One contender of a row: how to fit, time and score it."""
+
+    def __init__(self, fit, timer, log_likelihood, prepare=None):
+        self.fit = fit
+        self.timer = timer
+        self.log_likelihood = log_likelihood
+        self.prepare = prepare if prepare is not None else (lambda s: s)
+        self.times = []
+        self.lls = []
+
+
+def _run(sides, repeats, n_seeds):
+    """Time and score every side, interleaved seed by seed.
+
+    Each side first fits seed 0 untimed (warm-up).  Then, for every seed,
+    each side in turn fits ``fit(prepare(seed))`` (``prepare`` is untimed,
+    e.g. making a random state); seeds ``0 .. repeats-1`` are timed, seeds
+    ``0 .. max(repeats, n_seeds) - 1`` are scored.  Interleaving exposes all
+    sides alike to load changes on a shared machine.
+    """
+    for side in sides:
+        side.fit(side.prepare(0))
+    for seed in range(max(repeats, n_seeds)):
+        for side in sides:
+            arg = side.prepare(seed)
+            if seed < repeats:
+                ms, result = side.timer(lambda: side.fit(arg))
+                side.times.append(ms)
+            else:
+                result = side.fit(arg)
+            side.lls.append(side.log_likelihood(result))
+    return [(statistics.median(side.times), side.lls) for side in sides]
+
+
+def _mean_se(values):
+    mean = statistics.mean(values)
+    if len(values) < 2:
+        return mean, float('nan')
+    return mean, statistics.stdev(values) / math.sqrt(len(values))
+
+
+def _host(a):
+    return a if isinstance(a, numpy.ndarray) else a.get()
+
+
+# ---------------------------------------------------------------------------
+# Devices
+
+
+def _get_cupy():
+    """CuPy with at least one GPU, or exit with a clear message."""
+    try:
+        import cupy
+    except ImportError as e:
+        sys.exit('bench_gmm: --device cupy needs CuPy ({})'.format(e))
+    try:
+        n_devices = cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:
+        sys.exit('bench_gmm: --device cupy needs a CUDA GPU; none is usable '
+                 'here ({}: {})'.format(type(e).__name__, e))
+    if n_devices == 0:
+        sys.exit('bench_gmm: --device cupy needs a CUDA GPU; none found')
+    return cupy
+
+
+def _describe_threads():
+    parts = []
+    pools = threadpoolctl.threadpool_info() if threadpoolctl else []
+    for info in pools:
+        parts.append('{}={} threads'.format(
+            info.get('internal_api', info.get('user_api')),
+            info.get('num_threads')))
+    env = ', '.join('{}={}'.format(k, os.environ[k]) for k in (
+        'OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'MKL_NUM_THREADS')
+        if k in os.environ) or 'no thread variables set'
+    return '{} ({})'.format('; '.join(parts) or 'no thread pools', env)
+
+
+def _gpu_goal(cupy, args):
+    """Whole MN fit for m = 8192, d = 448, K = 5 on the GPU."""
+    m, d, k = 8192, 448, 5
+    x = cupy.asarray(make_activations(m, d, args.seed).astype(numpy.float32))
+    timer = _CUDATimer(cupy)
+    times = []
+    for r in range(-3, max(args.repeats, 20)):  # 3 warm-ups (compilation)
+        rng = cupy.random.RandomState(max(r, 0))
+        ms, _ = timer(lambda: fit_ours(x, k, rng, args.reg_covar,
+                                       min_weight=0.01,
+                                       return_posterior=True))
+        if r >= 0:
+            times.append(ms)
+    median = statistics.median(times)
+    print('\nGPU goal ({}): whole fit_gmm (kmeans_iters=1, em_iters=1, '
+          'min_weight=0.01, posterior returned), m={} d={} K={} float32: '
+          'median {:.3f} ms, min {:.3f} ms over {} fits (CUDA events) -> '
+          '{} (goal < 1 ms)'.format(
+              cupy.cuda.runtime.getDeviceProperties(
+                  cupy.cuda.Device().id)['name'].decode(),
+              m, d, k, median, min(times), len(times),
+              'met' if median < 1 else 'NOT met'))
+
+
+# ---------------------------------------------------------------------------
+
+
+def _markdown(rows, header):
+    cells = [header] + [[str(c) for c in row] for row in rows]
+    lines = ['| ' + ' | '.join(row) + ' |' for row in cells]
+    lines.insert(1, '|' + '|'.join('---:' for _ in header) + '|')
+    return '\n'.join(lines)
+
+
+def _text_row(row, header):
+    return '  '.join(str(c).rjust(max(len(h), 6))
+                     for c, h in zip(row, header))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--device', choices=('numpy', 'cupy'),
+                        default='numpy',
+                        help='where our fit runs (scikit-learn: CPU)')
+    parser.add_argument('--repeats', type=int, default=5,
+                        help='timed fits per row, after one warm-up')
+    parser.add_argument('--dtype', choices=('float32', 'float64', 'both'),
+                        default='float32',
+                        help='our precision (scikit-learn: always float64)')
+    parser.add_argument('--points', type=int, nargs='+',
+                        default=[4096, 8192], help='m')
+    parser.add_argument('--dims', type=int, nargs='+', default=[196, 448],
+                        help='d')
+    parser.add_argument('--components', type=int, nargs='+',
+                        default=[2, 3, 4, 5], help='K')
+    parser.add_argument('--ll-seeds', type=int, default=20,
+                        help='seeds whose fits are scored (the timed ones '
+                             'and more, untimed): the log-likelihood of one '
+                             'fit depends mostly on its K-means++ seeds')
+    parser.add_argument('--reg-covar', type=float, default=1e-6)
+    parser.add_argument('--seed', type=int, default=0, help='data seed')
+    parser.add_argument('--threads', type=int, default=None,
+                        help='BLAS/OpenMP threads (default: library '
+                             'defaults)')
+    parser.add_argument('--sklearn-lloyd', choices=('assign', 'kmeans'),
+                        default='assign',
+                        help="scikit-learn's Lloyd step: 'assign' = same "
+                             "work as ours (default); 'kmeans' = "
+                             'KMeans(max_iter=1), one more assignment')
+    parser.add_argument('--skip-sklearn', action='store_true',
+                        help='time only our fit (with --device cupy)')
+    parser.add_argument('--markdown', action='store_true',
+                        help='print a Markdown table')
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error('--repeats must be >= 1')
+    if args.skip_sklearn and args.device != 'cupy':
+        parser.error('--skip-sklearn is for --device cupy')
+
+    cupy = _get_cupy() if args.device == 'cupy' else None
+    xp = cupy if cupy is not None else numpy
+    timer = _CUDATimer(cupy) if cupy is not None else _CPUTimer()
+    dtypes = (['float32', 'float64'] if args.dtype == 'both'
+              else [args.dtype])
+
+    limits = None
+    if args.threads:
+        if threadpoolctl is None:
+            parser.error('--threads needs threadpoolctl')
+        limits = threadpoolctl.threadpool_limits(limits=args.threads)
+    if args.skip_sklearn:
+        reference = 'no scikit-learn'
+    else:
+        import sklearn
+        reference = 'scikit-learn {} float64 on CPU (Lloyd: {})'.format(
+            sklearn.__version__, args.sklearn_lloyd)
+    print('bench_gmm: ours on {} ({}), {}; python {}, numpy {}, {} CPU '
+          'cores'.format(args.device, '/'.join(dtypes), reference,
+                         platform.python_version(), numpy.__version__,
+                         os.cpu_count()))
+    print('threads: {}'.format(_describe_threads()))
+    print('time: median of {} fits after a warm-up; kmeans_iters=1 '
+          'em_iters=1 sample_ratio=1 min_weight=0 reg_covar={:g}'.format(
+              args.repeats, args.reg_covar))
+    print('LL: mean log-likelihood per point (float64, same points), '
+          'averaged over the fits of seeds 0..{}{}\n'.format(
+              max(args.repeats, args.ll_seeds) - 1,
+              '' if args.skip_sklearn else
+              '; ΔLL: ours - sklearn with its standard error'))
+
+    header = ['m', 'd', 'K']
+    header += ['ours {} ms'.format(t) for t in dtypes]
+    header += ['LL ours {}'.format(t) for t in dtypes]
+    if not args.skip_sklearn:
+        header += ['sklearn ms']
+        header += ['speed-up {}'.format(t) for t in dtypes]
+        header += ['LL sklearn', 'ΔLL ({}) ± SE'.format(dtypes[0])]
+    rows, speedups, deltas = [], {t: [] for t in dtypes}, []
+    if not args.markdown:
+        print(_text_row(header, header), flush=True)
+    for m in args.points:
+        for d in args.dims:
+            points64 = make_activations(m, d, args.seed)
+
+            def ours_ll(mixture):
+                return gmm.log_likelihood(points64, gmm.Mixture(
+                    *(_host(a).astype(numpy.float64) for a in mixture)))
+
+            def sklearn_ll(model):
+                return float(model.score(points64))
+
+            for k in args.components:
+                sides = []
+                for t in dtypes:
+                    x = xp.asarray(points64.astype(t))
+                    sides.append(_Side(
+                        functools.partial(fit_ours, x, k,
+                                          reg_covar=args.reg_covar),
+                        timer, ours_ll, prepare=xp.random.RandomState))
+                if not args.skip_sklearn:
+                    sides.append(_Side(
+                        lambda seed, k=k: fit_sklearn(
+                            points64, k, seed, args.reg_covar,
+                            args.sklearn_lloyd),
+                        _CPUTimer(), sklearn_ll))
+                results = _run(sides, args.repeats, args.ll_seeds)
+                ours = dict(zip(dtypes, results))
+                row = [m, d, k]
+                row += ['{:.2f}'.format(ours[t][0]) for t in dtypes]
+                row += ['{:.3f}'.format(statistics.mean(ours[t][1]))
+                        for t in dtypes]
+                if not args.skip_sklearn:
+                    sk_ms, sk_lls = results[-1]
+                    row += ['{:.2f}'.format(sk_ms)]
+                    for t in dtypes:
+                        speedups[t].append(sk_ms / ours[t][0])
+                        row.append('{:.1f}x'.format(sk_ms / ours[t][0]))
+                    row += ['{:.3f}'.format(statistics.mean(sk_lls))]
+                    (m_o, se_o), (m_s, se_s) = map(
+                        _mean_se, (ours[dtypes[0]][1], sk_lls))
+                    deltas.append((m_o - m_s, math.hypot(se_o, se_s)))
+                    row += ['{:+.2f} ± {:.2f}'.format(*deltas[-1])]
+                rows.append(row)
+                if not args.markdown:
+                    print(_text_row(row, header), flush=True)
+    if args.markdown:
+        print(_markdown(rows, header))
+
+    if not args.skip_sklearn:
+        print()
+        for t in dtypes:
+            s = speedups[t]
+            print('speed-up ours {} vs sklearn float64: min {:.1f}x, '
+                  'geometric mean {:.1f}x, max {:.1f}x (goal >= 5x)'.format(
+                      t, min(s), math.exp(statistics.mean(map(math.log, s))),
+                      max(s)))
+        mean_delta = statistics.mean(dl for dl, _ in deltas)
+        se_delta = math.sqrt(sum(se ** 2 for _, se in deltas)) / len(deltas)
+        print('log-likelihood ours {} - sklearn, mean over rows: {:+.3f} '
+              '± {:.3f} (1 SE) per point; {}'.format(
+                  dtypes[0], mean_delta, se_delta,
+                  'equal or better (within 2 SE)'
+                  if mean_delta >= -2 * se_delta else 'WORSE'))
+    if cupy is not None:
+        _gpu_goal(cupy, args)
+    if limits is not None:
+        limits.restore_original_limits()
+
+
+if __name__ == '__main__':
+    main()
