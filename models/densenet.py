@@ -19,6 +19,9 @@ The channels reaching ``final`` are ``16 + 3 n k``: 448 for L = 40
 ``/trans2/bn``) and ``final`` (path ``/final``). The paper's MN DenseNet
 replaces ``trans1``, ``trans2`` and ``final``; Table VII only ``final``.
 Each name is also its own layer name for :meth:`DenseNet.expand_norm_layer`.
+
+:class:`DenseNet40` and :class:`DenseNet100` are the paper's two
+architectures (the models of the ``densenet_l40``/``densenet_l100`` presets).
 """
 import collections
 
@@ -170,3 +173,23 @@ class DenseNet(chainer.Chain):
             'unknown DenseNet norm layer {!r}; valid names: trans1, trans2, '
             'final, block<b>/<i> (b = 1..3, i = 0..{})'.format(
                 name, self.layers_per_block - 1))
+
+
+class DenseNet40(DenseNet):
+    """DenseNet {L = 40, k = 12} (paper §4.4; 448 channels at ``final``)."""
+
+    def __init__(self, n_class=100, mn_layers=None, mn_kwargs=None,
+                 **kwargs):
+        super(DenseNet40, self).__init__(
+            n_class, mn_layers, mn_kwargs, depth=40, growth_rate=12,
+            **kwargs)
+
+
+class DenseNet100(DenseNet):
+    """DenseNet {L = 100, k = 12} (paper §4.4; 1168 channels at ``final``)."""
+
+    def __init__(self, n_class=100, mn_layers=None, mn_kwargs=None,
+                 **kwargs):
+        super(DenseNet100, self).__init__(
+            n_class, mn_layers, mn_kwargs, depth=100, growth_rate=12,
+            **kwargs)
