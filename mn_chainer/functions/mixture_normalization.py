@@ -225,6 +225,13 @@ class MixtureNormalizationGrad(function_node.FunctionNode):
                 xp, x3, a, v, g3, gamma_c, beta_c)
         else:
             gx, ggamma, gbeta = self._backward_linear(xp, x3, a, g3, gamma_c)
+        if self.reducer is not None and self.reducer.size > 1:
+            # ggamma and gbeta are sums over all workers' points here; give
+            # each worker the mean over the workers of their local
+            # gradients, as ChainerMN's MultiNodeBatchNormalization does,
+            # which the multi-node optimizer's averaging leaves unchanged.
+            ggamma = ggamma / self.reducer.size
+            gbeta = gbeta / self.reducer.size
         return (gx.reshape(x.shape).astype(x.dtype, copy=False),
                 ggamma.astype(gamma.dtype, copy=False),
                 gbeta.astype(gamma.dtype, copy=False))

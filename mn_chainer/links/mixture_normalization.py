@@ -234,6 +234,10 @@ class MixtureNormalization(link.Link):
         self.n_fits += 1
         return self._rng
 
+    def _reducer(self):
+        """Sums statistics over data-parallel workers (None: local batch)."""
+        return None
+
     def _name(self):
         return self.layer_name or self.name or type(self).__name__
 
@@ -310,7 +314,7 @@ class MixtureNormalization(link.Link):
                 em_iters=self.em_iters, n_trials=self.n_trials,
                 sample_ratio=self.sample_ratio, min_weight=self.min_weight,
                 reg_covar=self.reg_covar, rng=self._next_rng(),
-                return_posterior=True)
+                return_posterior=True, reducer=self._reducer())
         except ValueError as e:
             if 'non-finite' in str(e):
                 raise ValueError(
@@ -326,7 +330,8 @@ class MixtureNormalization(link.Link):
             tau = self._last_tau  # same normalization, no second fit
         else:
             tau = self._fit(x_array)
-        node = mn_chainer.functions.MixtureNormalization(self.eps, self.relu)
+        node = mn_chainer.functions.MixtureNormalization(
+            self.eps, self.relu, self._reducer())
         y, = node.apply((x, tau, gamma, beta))
         if not configuration.config.in_recomputing:
             self._last_tau = tau
@@ -423,7 +428,9 @@ def replace_batch_normalization(chain, names, **mn_kwargs):
     ``gamma``/``beta`` values; ``mn_kwargs`` go to
     :class:`MixtureNormalization` (``n_components``, ``em_iter``, ``relu``,
     ``seed``, ...).  With ``seed`` given, the i-th replaced link gets
-    ``seed + i``.
+    ``seed + i``.  With ``comm`` (a ChainerMN communicator) given, the
+    replacements are :class:`MultiNodeMixtureNormalization` links that fit
+    and normalize over the global batch.
 
     Args:
         chain (~chainer.Chain): The model (modified in place).
@@ -457,7 +464,7 @@ def replace_batch_normalization(chain, names, **mn_kwargs):
                else getattr(parent, child))
         if isinstance(old, MixtureNormalization):
             continue
-        if not isinstance(old, chainer.links.BatchNormalization):
+        if not _is_batch_normalization(old):
             raise ValueError('{!r} ({}) is a {}, not a BatchNormalization'
                              .format(key, norm_links[key],
                                      type(old).__name__))
@@ -471,6 +478,14 @@ def replace_batch_normalization(chain, names, **mn_kwargs):
             with parent.init_scope():
                 setattr(parent, child, new)
     return resolved
+
+
+def _is_batch_normalization(link):
+    # L.BatchNormalization, or ChainerMN's MultiNodeBatchNormalization
+    # (not a subclass of it; not imported here, as it needs MPI).
+    return isinstance(link, chainer.links.BatchNormalization) or (
+        type(link).__name__ == 'MultiNodeBatchNormalization'
+        and hasattr(link, 'avg_mean'))
 
 
 def _lookup(norm_links, name):
@@ -504,7 +519,13 @@ def _mixture_from_batch_normalization(bn, mn_kwargs):
     if bn.avg_mean is not None:
         kwargs['dtype'] = bn.avg_mean.dtype
     kwargs.update(mn_kwargs)
-    new = MixtureNormalization(size, **kwargs)
+    comm = kwargs.pop('comm', None)
+    if comm is None:
+        new = MixtureNormalization(size, **kwargs)
+    else:
+        from mn_chainer.links import multi_node_mixture_normalization
+        new = multi_node_mixture_normalization.MultiNodeMixtureNormalization(
+            size, comm, **kwargs)
     if size is not None:
         if new.gamma is not None and bn.gamma.array is not None:
             new.gamma.array[...] = bn.gamma.array

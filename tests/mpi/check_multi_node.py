@@ -1,0 +1,121 @@
+"""Run under ``mpiexec -n W``: multi-node MN equals single-process MN.
+
+Every worker holds a slice of one global batch.  The multi-node link's
+mixture, forward output, gradients and queue must equal those of a
+single-process :class:`MixtureNormalization` on the concatenated batch (with
+the same seed, hence the same K-means++ seeds) to 1e-6 in float64; then a
+few data-parallel training steps of the CIFAR CNN with MN must keep every
+worker's parameters and queues identical.  Exits non-zero on any mismatch.
+"""
+import sys
+import warnings
+
+import numpy
+
+warnings.simplefilter('ignore')
+
+import chainer  # NOQA: E402
+import chainer.functions as F  # NOQA: E402
+import chainermn  # NOQA: E402
+
+import mn_chainer.links as ML  # NOQA: E402
+from models import cifar_cnn  # NOQA: E402
+
+
+def check_layer(comm, relu, shape=(12, 5, 3, 3), k=3):
+    rs = numpy.random.RandomState(0)
+    modes = rs.randint(0, 3, size=(shape[0], 1) + shape[2:])
+    x = rs.randn(*shape) + 3 * modes
+    gy = rs.randn(*shape)
+    gamma = rs.uniform(0.5, 1.5, shape[1])
+    beta = rs.uniform(-0.3, 0.3, shape[1])
+    parts = numpy.array_split(numpy.arange(shape[0]), comm.size)
+    mine = parts[comm.rank]
+
+    def make(cls, *args):
+        link = cls(shape[1], *args, n_components=k, em_iter=4, relu=relu,
+                   seed=11, dtype=numpy.float64, queue_size=3)
+        link.gamma.array[...] = gamma
+        link.beta.array[...] = beta
+        return link
+
+    single = make(ML.MixtureNormalization)
+    multi = make(ML.MultiNodeMixtureNormalization, comm)
+    for step in range(4):
+        xs = x + 0.1 * step
+        xv = chainer.Variable(xs.copy())
+        y = single(xv)
+        y.grad = gy
+        y.backward()
+        xm = chainer.Variable(xs[mine].copy())
+        ym = multi(xm)
+        ym.grad = gy[mine]
+        ym.backward()
+        tol = dict(rtol=1e-6, atol=1e-6)
+        for a, b in zip(single.last_mixture, multi.last_mixture):
+            numpy.testing.assert_allclose(b, a, **tol)
+        numpy.testing.assert_allclose(ym.array, y.array[mine], **tol)
+        numpy.testing.assert_allclose(xm.grad, xv.grad[mine], **tol)
+        for name in ('gamma', 'beta'):
+            total = comm.allreduce(getattr(multi, name).grad)
+            numpy.testing.assert_allclose(total, getattr(single, name).grad,
+                                          **tol)
+        single.cleargrads()
+        multi.cleargrads()
+    for name in ('queue_weights', 'queue_means', 'queue_variances'):
+        numpy.testing.assert_allclose(getattr(multi, name),
+                                      getattr(single, name), rtol=1e-6,
+                                      atol=1e-6)
+    with chainer.using_config('train', False):
+        numpy.testing.assert_allclose(multi(x[mine]).array,
+                                      single(x).array[mine], rtol=1e-6,
+                                      atol=1e-6)
+
+
+def check_training(comm):
+    model = chainer.links.Classifier(cifar_cnn.CifarCNN(
+        n_class=10, widths=(4, 8, 8, 8), mn_layers=['conv2', 'conv3'],
+        mn_kwargs=dict(n_components=3, em_iter=2, seed=3, comm=comm)))
+    optimizer = chainermn.create_multi_node_optimizer(
+        chainer.optimizers.MomentumSGD(0.01), comm)
+    optimizer.setup(model)
+    # Same initial weights everywhere (as train_cifar.py does).
+    for _, param in sorted(model.namedparams()):
+        param.array[...] = comm.bcast_obj(
+            param.array if comm.rank == 0 else None, root=0)
+    rs = numpy.random.RandomState(100 + comm.rank)  # different data
+    for _ in range(3):
+        x = rs.randn(8, 3, 32, 32).astype(numpy.float32)
+        t = rs.randint(0, 10, size=8).astype(numpy.int32)
+        optimizer.update(model, x, t)
+    state = [(n, p.array) for n, p in sorted(model.namedparams())]
+    for path, link in sorted(model.namedlinks()):
+        if isinstance(link, ML.MixtureNormalization):
+            state.append((path + '/queue_means', link.queue_means))
+            state.append((path + '/queue_weights', link.queue_weights))
+            assert link.queue_length == 3, (path, link.queue_length)
+    for name, array in state:
+        root = comm.bcast_obj(array if comm.rank == 0 else None, root=0)
+        numpy.testing.assert_allclose(array, root, rtol=1e-5, atol=1e-6,
+                                      err_msg=name)
+
+
+def main():
+    comm = chainermn.create_communicator('naive')
+    try:
+        for relu in (False, True):
+            check_layer(comm, relu)
+        check_training(comm)
+    except Exception as e:  # report and fail the whole job
+        import traceback
+        traceback.print_exc()
+        print('rank {}: FAILED: {!r}'.format(comm.rank, e), flush=True)
+        comm.mpi_comm.Abort(1)
+    comm.mpi_comm.Barrier()
+    if comm.rank == 0:
+        print('multi-node checks passed on {} workers'.format(comm.size))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
