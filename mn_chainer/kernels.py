@@ -1,0 +1,554 @@
+"""Fused CUDA kernels of the mixture fit (:mod:`mn_chainer.gmm` on a GPU).
+
+Every kernel here has a NumPy twin in :mod:`mn_chainer.gmm` (the reference
+its tests compare against):
+
+================================  =========================================
+kernel (this module)              NumPy twin (:mod:`mn_chainer.gmm`)
+================================  =========================================
+:func:`estep_log_resp`            ``_estimate_log_resp``
+:func:`kmeanspp_candidate_d2`     ``_candidate_d2``
+:func:`kmeans_assign`             ``_hard_assign`` (labels)
+================================  =========================================
+
+The module imports with NumPy alone: CuPy is imported inside the functions
+that launch a kernel, so that :func:`kernel_sources` (the CUDA sources, used
+by the NVRTC compile check of the tests) works on a machine without a GPU.
+
+Design (one point per *group* of ``G`` lanes of a warp, ``G`` the smallest
+power of two ``>= d`` capped at 32, so that small ``d`` does not leave most
+lanes idle):
+
+* The lanes of a group stride over the ``d`` coordinates of their point and
+  accumulate, for a *chunk* of up to ``MIXNORM_CHUNK`` components (or
+  candidate centres) at once, the squared differences in registers; the
+  point is read once per chunk.  Differences are taken directly,
+  ``(x - mu) ** 2``, never through ``|x|^2 - 2 x.mu + |mu|^2``, so a squared
+  distance is never negative.
+* The partial sums are reduced with a butterfly of warp shuffles, after
+  which every lane of the group holds the same totals.
+* The E-step keeps a running (online) log-sum-exp over the components in
+  registers, stores ``log p(x_i, k)`` and subtracts the normalizer in a
+  second pass over the ``K`` outputs of its own lanes: one pass over the
+  point matrix, nothing of size ``(m, K, d)`` and no host synchronisation.
+
+The chunk size is a compile-time constant (generated ``#define``); a module
+is compiled for each (dtype, chunk) pair actually used and memoized.  Any
+number of components works: more than ``MIXNORM_CHUNK`` are processed chunk
+by chunk.
+"""
+
+import functools
+
+import numpy
+
+
+# Lanes per block of every point-wise kernel (8 warps).
+_BLOCK = 256
+# Upper bound of the grid; the kernels stride over the remaining points.
+_MAX_BLOCKS = 1 << 16
+# Register chunk sizes (components/centres per pass over a point).
+CHUNK_SIZES = (4, 8, 16, 32)
+# Floating types with a kernel instantiation, by NumPy type character.
+_REAL_TYPES = {'f': 'float', 'd': 'double'}
+_INF = {
+    'f': '__int_as_float(0x7f800000)',
+    'd': '__longlong_as_double(0x7ff0000000000000LL)',
+}
+
+
+# The generated header: ``#define``s and the ``mixnorm_real`` typedef.
+HEADER_TEMPLATE = r"""// mn_chainer.kernels: {real}, chunk {chunk}
+typedef {real} mixnorm_real;
+#define MIXNORM_CHUNK {chunk}
+#define MIXNORM_INF {inf}
+#define MIXNORM_LOG_2PI ((mixnorm_real)1.8378770664093454835606594728112)
+#define MIXNORM_FULL_MASK 0xffffffffu
+"""
+
+
+# Device helpers shared by the kernels.
+DEVICE_FUNCTIONS_SOURCE = r"""
+// Sum over the `group` lanes (a power of two <= 32, groups aligned within
+// the warp) by a shuffle butterfly: every lane of the group gets the total.
+// All 32 lanes of the warp must call it together.
+__device__ __forceinline__ mixnorm_real mixnorm_group_sum(
+        mixnorm_real v, int group) {
+    for (int offset = group >> 1; offset > 0; offset >>= 1) {
+        v += __shfl_xor_sync(MIXNORM_FULL_MASK, v, offset);
+    }
+    return v;
+}
+
+// acc[c] = sum_j w[c, j] * (x[j] - centres[c, j])^2 for c < n_centres
+// (w = 1 unless WEIGHTED), summed over the lanes of the group.  Rows of
+// `centres` and `weights` have length d.  n_centres is warp-uniform.
+template <bool WEIGHTED>
+__device__ __forceinline__ void mixnorm_sq_dist_chunk(
+        const mixnorm_real* __restrict__ x,
+        const mixnorm_real* __restrict__ centres,
+        const mixnorm_real* __restrict__ weights,
+        int n_centres, long long d, int lane, int group,
+        mixnorm_real (&acc)[MIXNORM_CHUNK]) {
+#pragma unroll
+    for (int c = 0; c < MIXNORM_CHUNK; ++c) {
+        acc[c] = 0;
+    }
+    for (long long j = lane; j < d; j += group) {
+        const mixnorm_real xj = x[j];
+#pragma unroll
+        for (int c = 0; c < MIXNORM_CHUNK; ++c) {
+            if (c < n_centres) {
+                const mixnorm_real diff = xj - centres[c * d + j];
+                if (WEIGHTED) {
+                    acc[c] += weights[c * d + j] * (diff * diff);
+                } else {
+                    acc[c] += diff * diff;
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int c = 0; c < MIXNORM_CHUNK; ++c) {
+        if (c < n_centres) {
+            acc[c] = mixnorm_group_sum(acc[c], group);
+        }
+    }
+}
+"""
+
+
+# The fused E-step (diagonal Gaussian log-densities + log-sum-exp).
+ESTEP_SOURCE = r"""
+// out[k] = log_weights[k] - (d log(2 pi) - sum_j log(precisions[k, j])) / 2.
+// Grid: one block of 32 threads (one warp) per component.
+extern "C" __global__ void mixnorm_estep_const(
+        const mixnorm_real* __restrict__ log_weights,
+        const mixnorm_real* __restrict__ precisions,
+        long long n_components, long long d,
+        mixnorm_real* __restrict__ out) {
+    const long long k = blockIdx.x;
+    if (k >= n_components) {
+        return;
+    }
+    mixnorm_real log_det = 0;
+    for (long long j = threadIdx.x; j < d; j += 32) {
+        log_det += log(precisions[k * d + j]);
+    }
+    log_det = mixnorm_group_sum(log_det, 32);
+    if (threadIdx.x == 0) {
+        const mixnorm_real half = 0.5;
+        out[k] = log_weights[k]
+            - half * ((mixnorm_real)d * MIXNORM_LOG_2PI - log_det);
+    }
+}
+
+// log_resp[i, k] = log p(x_i, k) - log_norm[i],
+// log p(x_i, k) = log_const[k] - sum_j prec[k, j] (x_ij - mu_kj)^2 / 2,
+// log_norm[i] = logsumexp_k log p(x_i, k).
+// One group of `group` lanes per point (a power of two <= 32, the last
+// argument of every point-wise kernel); blockDim.x is a multiple of 32.
+// A component with log_const = -inf gets log_resp = -inf.
+extern "C" __global__ void mixnorm_estep_log_resp(
+        const mixnorm_real* __restrict__ points,
+        const mixnorm_real* __restrict__ means,
+        const mixnorm_real* __restrict__ precisions,
+        const mixnorm_real* __restrict__ log_const,
+        long long m, long long d, long long n_components,
+        mixnorm_real* __restrict__ log_resp,
+        mixnorm_real* __restrict__ log_norm, int group) {
+    const int lane = threadIdx.x & (group - 1);
+    const int group_in_warp = (threadIdx.x & 31) / group;
+    const long long n_groups = (long long)gridDim.x * (blockDim.x / group);
+    const mixnorm_real neg_inf = -MIXNORM_INF;
+    // The loop condition is uniform over the warp (shuffles need all
+    // lanes); groups past the end work on the last point and write nothing.
+    for (long long i = ((long long)blockIdx.x * blockDim.x + threadIdx.x)
+             / group;
+         i - group_in_warp < m; i += n_groups) {
+        const bool valid = i < m;
+        const mixnorm_real* x = points + (valid ? i : m - 1) * d;
+        mixnorm_real* out = log_resp + i * n_components;
+        mixnorm_real run_max = neg_inf;
+        mixnorm_real run_sum = 0;
+        for (long long k0 = 0; k0 < n_components; k0 += MIXNORM_CHUNK) {
+            const long long left = n_components - k0;
+            const int n_chunk = left < MIXNORM_CHUNK ? (int)left
+                                                     : MIXNORM_CHUNK;
+            mixnorm_real acc[MIXNORM_CHUNK];
+            mixnorm_sq_dist_chunk<true>(
+                x, means + k0 * d, precisions + k0 * d, n_chunk, d, lane,
+                group, acc);
+#pragma unroll
+            for (int c = 0; c < MIXNORM_CHUNK; ++c) {
+                if (c < n_chunk) {
+                    const long long k = k0 + c;
+                    const mixnorm_real lp =
+                        log_const[k] - (mixnorm_real)0.5 * acc[c];
+                    // Online log-sum-exp; -inf terms add nothing (and no
+                    // NaN from -inf - -inf), NaN propagates.
+                    if (lp > run_max) {
+                        run_sum = run_sum * exp(run_max - lp) + 1;
+                        run_max = lp;
+                    } else if (lp != neg_inf) {
+                        run_sum += exp(lp - run_max);
+                    }
+                    if (valid && lane == (int)(k & (group - 1))) {
+                        out[k] = lp;
+                    }
+                }
+            }
+        }
+        if (valid) {
+            const mixnorm_real lse = run_max + log(run_sum);
+            // Each lane rereads only what it wrote itself.
+            for (long long k = lane; k < n_components; k += group) {
+                out[k] -= lse;
+            }
+            if (lane == 0) {
+                log_norm[i] = lse;
+            }
+        }
+    }
+}
+"""
+
+
+# The greedy k-means++ step: potential of every candidate centre.
+CANDIDATE_D2_SOURCE = r"""
+// out[t, i] = min(closest_d2[i], sum_j (points[i, j] - candidates[t, j])^2).
+extern "C" __global__ void mixnorm_candidate_d2(
+        const mixnorm_real* __restrict__ points,
+        const mixnorm_real* __restrict__ candidates,
+        const mixnorm_real* __restrict__ closest_d2,
+        long long m, long long d, long long n_candidates,
+        mixnorm_real* __restrict__ out, int group) {
+    const int lane = threadIdx.x & (group - 1);
+    const int group_in_warp = (threadIdx.x & 31) / group;
+    const long long n_groups = (long long)gridDim.x * (blockDim.x / group);
+    for (long long i = ((long long)blockIdx.x * blockDim.x + threadIdx.x)
+             / group;
+         i - group_in_warp < m; i += n_groups) {
+        const bool valid = i < m;
+        const mixnorm_real* x = points + (valid ? i : m - 1) * d;
+        const mixnorm_real closest = closest_d2[valid ? i : m - 1];
+        for (long long t0 = 0; t0 < n_candidates; t0 += MIXNORM_CHUNK) {
+            const long long left = n_candidates - t0;
+            const int n_chunk = left < MIXNORM_CHUNK ? (int)left
+                                                     : MIXNORM_CHUNK;
+            mixnorm_real acc[MIXNORM_CHUNK];
+            mixnorm_sq_dist_chunk<false>(
+                x, candidates + t0 * d, NULL, n_chunk, d, lane, group, acc);
+#pragma unroll
+            for (int c = 0; c < MIXNORM_CHUNK; ++c) {
+                if (c < n_chunk && valid && lane == (c & (group - 1))) {
+                    out[(t0 + c) * m + i] = acc[c] < closest ? acc[c]
+                                                             : closest;
+                }
+            }
+        }
+    }
+}
+"""
+
+
+# Lloyd assignment: nearest centre and its squared distance.
+KMEANS_ASSIGN_SOURCE = r"""
+// labels[i] = argmin_k sum_j (points[i, j] - centres[k, j])^2 (the first
+// on ties), min_d2[i] = that minimum.
+extern "C" __global__ void mixnorm_kmeans_assign(
+        const mixnorm_real* __restrict__ points,
+        const mixnorm_real* __restrict__ centres,
+        long long m, long long d, long long n_centres,
+        long long* __restrict__ labels,
+        mixnorm_real* __restrict__ min_d2, int group) {
+    const int lane = threadIdx.x & (group - 1);
+    const int group_in_warp = (threadIdx.x & 31) / group;
+    const long long n_groups = (long long)gridDim.x * (blockDim.x / group);
+    for (long long i = ((long long)blockIdx.x * blockDim.x + threadIdx.x)
+             / group;
+         i - group_in_warp < m; i += n_groups) {
+        const bool valid = i < m;
+        const mixnorm_real* x = points + (valid ? i : m - 1) * d;
+        mixnorm_real best = MIXNORM_INF;
+        long long best_k = 0;
+        for (long long k0 = 0; k0 < n_centres; k0 += MIXNORM_CHUNK) {
+            const long long left = n_centres - k0;
+            const int n_chunk = left < MIXNORM_CHUNK ? (int)left
+                                                     : MIXNORM_CHUNK;
+            mixnorm_real acc[MIXNORM_CHUNK];
+            mixnorm_sq_dist_chunk<false>(
+                x, centres + k0 * d, NULL, n_chunk, d, lane, group, acc);
+#pragma unroll
+            for (int c = 0; c < MIXNORM_CHUNK; ++c) {
+                if (c < n_chunk && acc[c] < best) {
+                    best = acc[c];
+                    best_k = k0 + c;
+                }
+            }
+        }
+        if (valid && lane == 0) {
+            labels[i] = best_k;
+            min_d2[i] = best;
+        }
+    }
+}
+"""
+
+
+# Kernel (global function) names, each defined in every module source.
+KERNEL_NAMES = (
+    'mixnorm_estep_const',
+    'mixnorm_estep_log_resp',
+    'mixnorm_candidate_d2',
+    'mixnorm_kmeans_assign',
+)
+
+
+def module_source(dtype, chunk):
+    """Full CUDA source of the kernel module for a dtype and chunk size.
+
+    Args:
+        dtype: ``numpy.float32`` or ``numpy.float64`` (anything
+            :class:`numpy.dtype` accepts).
+        chunk (int): Components per register chunk, one of
+            :data:`CHUNK_SIZES`.
+
+    Returns:
+        str: Self-contained CUDA C++ (no ``#include``), defining every
+        kernel of :data:`KERNEL_NAMES` with ``extern "C"`` linkage.
+    """
+    char = numpy.dtype(dtype).char
+    if char not in _REAL_TYPES:
+        raise ValueError('unsupported dtype {} (float32 or float64)'.format(
+            numpy.dtype(dtype)))
+    if chunk not in CHUNK_SIZES:
+        raise ValueError('chunk must be one of {}, got {}'.format(
+            CHUNK_SIZES, chunk))
+    header = HEADER_TEMPLATE.format(
+        real=_REAL_TYPES[char], chunk=chunk, inf=_INF[char])
+    return ''.join((header, DEVICE_FUNCTIONS_SOURCE, ESTEP_SOURCE,
+                    CANDIDATE_D2_SOURCE, KMEANS_ASSIGN_SOURCE))
+
+
+def kernel_sources():
+    """Every CUDA source this module can compile, by instantiation name.
+
+    Returns:
+        dict: ``'mixnorm_<dtype>_chunk<n>'`` -> full source, for float32 and
+        float64 and every chunk size in :data:`CHUNK_SIZES`.
+    """
+    sources = {}
+    for char in sorted(_REAL_TYPES):
+        for chunk in CHUNK_SIZES:
+            name = 'mixnorm_{}_chunk{}'.format(numpy.dtype(char).name, chunk)
+            sources[name] = module_source(char, chunk)
+    return sources
+
+
+def _chunk_size(n):
+    """Smallest register chunk holding ``n`` centres (capped at the max)."""
+    for chunk in CHUNK_SIZES:
+        if n <= chunk:
+            return chunk
+    return CHUNK_SIZES[-1]
+
+
+def _group_size(d):
+    """Lanes per point: the smallest power of two >= d, at most 32."""
+    group = 1
+    while group < min(d, 32):
+        group *= 2
+    return group
+
+
+# Memoized per device (the device id is part of the key), as
+# ``cupy.memoize(for_each_device=True)``, which cannot decorate at import
+# time without importing CuPy.
+@functools.lru_cache(maxsize=None)
+def _module(char, chunk, device_id):
+    import cupy
+    return cupy.RawModule(code=module_source(char, chunk))
+
+
+@functools.lru_cache(maxsize=None)
+def _function(name, char, chunk, device_id):
+    return _module(char, chunk, device_id).get_function(name)
+
+
+def _get_kernel(name, dtype, n_centres):
+    """Memoized ``mixnorm_*`` kernel for the current device."""
+    import cupy
+    return _function(name, dtype.char, _chunk_size(n_centres),
+                     cupy.cuda.Device().id)
+
+
+def _launch(kernel, m, d, args):
+    """Launch a point-wise kernel (``args`` + the group size) on ``m``."""
+    group = _group_size(d)
+    per_block = _BLOCK // group
+    blocks = min(-(-m // per_block), _MAX_BLOCKS)
+    kernel((blocks,), (_BLOCK,), args + (numpy.int32(group),))
+
+
+def _check_points(points):
+    import cupy
+    if not isinstance(points, cupy.ndarray):
+        raise TypeError('points must be a cupy.ndarray, got {}'.format(
+            type(points)))
+    if points.ndim != 2:
+        raise ValueError('points must be 2-D (m, d), got shape {}'.format(
+            points.shape))
+    if points.dtype.char not in _REAL_TYPES:
+        raise TypeError('points must be float32 or float64, got {}'.format(
+            points.dtype))
+    return cupy.ascontiguousarray(points)
+
+
+def _as_param(name, a, dtype, shape):
+    """``a`` as a C-contiguous array of ``dtype`` with the given shape."""
+    import cupy
+    if not isinstance(a, cupy.ndarray):
+        raise TypeError('{} must be a cupy.ndarray, got {}'.format(
+            name, type(a)))
+    if a.shape != shape:
+        raise ValueError('{} must have shape {}, got {}'.format(
+            name, shape, a.shape))
+    return cupy.ascontiguousarray(a.astype(dtype, copy=False))
+
+
+def estep_log_resp(points, log_weights, means, precisions):
+    """Fused E-step: log responsibilities and log normalizers (CUDA).
+
+    For a diagonal Gaussian mixture,
+    ``log p(x_i, k) = log_weights[k] - (d log(2 pi) - sum_j log prec_kj
+    + sum_j prec_kj (x_ij - mu_kj)^2) / 2``,
+    ``log_norm[i] = logsumexp_k log p(x_i, k)`` and
+    ``log_resp[i, k] = log p(x_i, k) - log_norm[i]`` (paper §3.2, the
+    E-step in log space).  A component with ``log_weights[k] = -inf`` gets
+    ``log_resp = -inf`` as long as one component is finite.  Two launches
+    (the ``K`` per-component constants, then one fused pass over the
+    points), no host synchronisation.
+
+    Args:
+        points: ``cupy.ndarray`` of shape ``(m, d)``, float32 or float64.
+        log_weights: ``(K,)`` log mixing weights.
+        means: ``(K, d)`` component means.
+        precisions: ``(K, d)`` inverse variances (positive).
+
+    Returns:
+        tuple: ``log_resp`` of shape ``(m, K)`` and ``log_norm`` of shape
+        ``(m,)``, in the dtype of ``points``, on its device.
+
+    .. seealso:: NumPy twin ``mn_chainer.gmm._estimate_log_resp``.
+    """
+    import cupy
+    points = _check_points(points)
+    m, d = points.shape
+    dtype = points.dtype
+    if means.ndim != 2 or means.shape[0] == 0:
+        raise ValueError('means must have shape (K, d) with K >= 1, got '
+                         '{}'.format(means.shape))
+    n_components = means.shape[0]
+    with points.device:
+        log_weights = _as_param('log_weights', log_weights, dtype,
+                                (n_components,))
+        means = _as_param('means', means, dtype, (n_components, d))
+        precisions = _as_param('precisions', precisions, dtype,
+                               (n_components, d))
+        log_resp = cupy.empty((m, n_components), dtype)
+        log_norm = cupy.empty((m,), dtype)
+        if m == 0:
+            return log_resp, log_norm
+        log_const = cupy.empty((n_components,), dtype)
+        _get_kernel('mixnorm_estep_const', dtype, n_components)(
+            (n_components,), (32,),
+            (log_weights, precisions, numpy.int64(n_components),
+             numpy.int64(d), log_const))
+        _launch(_get_kernel('mixnorm_estep_log_resp', dtype, n_components),
+                m, d,
+                (points, means, precisions, log_const, numpy.int64(m),
+                 numpy.int64(d), numpy.int64(n_components), log_resp,
+                 log_norm))
+    return log_resp, log_norm
+
+
+def kmeanspp_candidate_d2(points, candidates, closest_d2):
+    """Greedy k-means++ step: potentials after adding each candidate (CUDA).
+
+    ``out[t, i] = min(closest_d2[i], sum_j (points[i, j] -
+    candidates[t, j]) ** 2)``: the squared distance of every point to its
+    nearest centre if candidate ``t`` is added (DESIGN §1.1 step 2; the
+    candidate lowering ``out[t].sum()`` most is kept).  Direct differences,
+    never negative; one launch, no host synchronisation.
+
+    Args:
+        points: ``cupy.ndarray`` of shape ``(m, d)``, float32 or float64.
+        candidates: ``(T, d)`` candidate centres.
+        closest_d2: ``(m,)`` squared distance of every point to its nearest
+            chosen centre so far (``inf`` before the first).
+
+    Returns:
+        ``cupy.ndarray`` of shape ``(T, m)`` in the dtype of ``points``.
+
+    .. seealso:: NumPy twin ``mn_chainer.gmm._candidate_d2``.
+    """
+    import cupy
+    points = _check_points(points)
+    m, d = points.shape
+    dtype = points.dtype
+    if candidates.ndim != 2:
+        raise ValueError('candidates must have shape (T, d), got {}'.format(
+            candidates.shape))
+    n_candidates = candidates.shape[0]
+    with points.device:
+        candidates = _as_param('candidates', candidates, dtype,
+                               (n_candidates, d))
+        closest_d2 = _as_param('closest_d2', closest_d2, dtype, (m,))
+        out = cupy.empty((n_candidates, m), dtype)
+        if m == 0 or n_candidates == 0:
+            return out
+        _launch(_get_kernel('mixnorm_candidate_d2', dtype, n_candidates),
+                m, d,
+                (points, candidates, closest_d2, numpy.int64(m),
+                 numpy.int64(d), numpy.int64(n_candidates), out))
+    return out
+
+
+def kmeans_assign(points, centres):
+    """Lloyd assignment step: nearest centre of every point (CUDA).
+
+    ``labels[i] = argmin_k sum_j (points[i, j] - centres[k, j]) ** 2`` (the
+    first index on ties, as :func:`numpy.argmin`) and ``min_d2[i]`` that
+    minimum.  Direct differences, never negative; one launch, no host
+    synchronisation.
+
+    Args:
+        points: ``cupy.ndarray`` of shape ``(m, d)``, float32 or float64.
+        centres: ``(K, d)`` centres, ``K >= 1``.
+
+    Returns:
+        tuple: ``labels`` (int64, shape ``(m,)``) and ``min_d2`` (shape
+        ``(m,)``, dtype of ``points``).
+
+    .. seealso:: NumPy twin ``mn_chainer.gmm._hard_assign``.
+    """
+    import cupy
+    points = _check_points(points)
+    m, d = points.shape
+    dtype = points.dtype
+    if centres.ndim != 2 or centres.shape[0] == 0:
+        raise ValueError('centres must have shape (K, d) with K >= 1, got '
+                         '{}'.format(centres.shape))
+    n_centres = centres.shape[0]
+    with points.device:
+        centres = _as_param('centres', centres, dtype, (n_centres, d))
+        labels = cupy.empty((m,), numpy.int64)
+        min_d2 = cupy.empty((m,), dtype)
+        if m == 0:
+            return labels, min_d2
+        _launch(_get_kernel('mixnorm_kmeans_assign', dtype, n_centres),
+                m, d,
+                (points, centres, numpy.int64(m), numpy.int64(d),
+                 numpy.int64(n_centres), labels, min_d2))
+    return labels, min_d2
