@@ -366,7 +366,14 @@ def _kmeans_plusplus(xp, points, n_components, n_trials, rng,
 
 
 def _hard_assign(xp, points, centers):
-    """Index of the nearest centre of every point, shape ``(m,)``."""
+    """Index of the nearest centre of every point, shape ``(m,)``.
+
+    The CUDA twin is :func:`mn_chainer.kernels.kmeans_assign`.
+    """
+    if _use_kernels(xp):
+        from mn_chainer import kernels
+        return kernels.kmeans_assign(xp.ascontiguousarray(points),
+                                     centers)[0]
     # |x - c|^2 = |x|^2 - 2 x.c + |c|^2; |x|^2 does not change the argmin.
     scores = points @ centers.T
     scores *= -2
