@@ -34,6 +34,9 @@ ROWS = ('BN-2', 'MN-2')
 
 _ACC = 'validation/main/accuracy'
 
+#: Training images of CIFAR-10 (the paper trains on all of them).
+_PAPER_N_TRAIN = 50000
+
 
 def get_parser():
     parser = argparse.ArgumentParser(
@@ -43,7 +46,7 @@ def get_parser():
     parser.add_argument('--data', default=None,
                         help='CIFAR-10 .npz (uint8 NHWC x_train/y_train/'
                         'x_test/y_test); default: Chainer\'s download')
-    parser.add_argument('--epoch', '-e', type=int, default=4,
+    parser.add_argument('--epoch', '-e', type=int, default=3,
                         help='training epochs of each run')
     parser.add_argument('--train-subset', type=int, default=4096,
                         help='training images (seeded random subset)')
@@ -131,6 +134,9 @@ def main(argv=None):
         times[row] = time.time() - start
     with open(os.path.join(args.out, 'mn2', 'args.json')) as f:
         settings = json.load(f)
+    updates = logs['MN-2'][-1]['iteration'] if logs['MN-2'] else 0
+    preset = mn_chainer.presets.get_preset('table2:MN-2', 'cifar10')
+    paper_updates = preset.epoch * -(-_PAPER_N_TRAIN // preset.batchsize)
     summary = '\n'.join([
         'CIFAR-10, {} training / {} test images, {} epochs, batch {}, '
         'seed {}'.format(settings['n_train'], settings['n_test'],
@@ -140,6 +146,10 @@ def main(argv=None):
             '{} {:.0f} s'.format(r, times[r]) for r in ROWS),
         '',
         _paper_context(),
+        'this run: {} updates of batch {} on {} images; the paper: {} '
+        'updates of batch {} on 50,000 images'.format(
+            updates, args.batchsize, settings['n_train'],
+            paper_updates, preset.batchsize),
         'A short CPU run on a subset is far from the paper\'s 100-epoch '
         'setting,',
         'and one seed is noisier than the BN/MN difference (repeat with '
