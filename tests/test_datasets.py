@@ -1,5 +1,6 @@
 import random
 
+import chainer
 import numpy
 import pytest
 
@@ -245,3 +246,24 @@ def test_get_cifar_subsets_and_stats(tmp_path):
     # Same seed, same subsets.
     train2, _, info2 = datasets.get_cifar('cifar10', path, 50, 30, seed=5)
     assert info2 == info
+
+
+def test_download_path_uses_chainer_getter(monkeypatch):
+    rng = numpy.random.RandomState(0)
+    raw = rng.randint(0, 256, (6, 3, 32, 32)).astype(numpy.uint8)
+    labels = numpy.arange(6) % 100
+    calls = []
+
+    def fake_get_cifar100(withlabel=True, ndim=3, scale=1., dtype=None):
+        # Chainer's semantics: float32 CHW pixels scaled to [0, scale].
+        calls.append((withlabel, ndim, scale))
+        x = raw.astype(numpy.float32) * (scale / 255.)
+        split = chainer.datasets.TupleDataset(x, labels.astype(numpy.int32))
+        return split, split
+
+    monkeypatch.setattr(chainer.datasets, 'get_cifar100', fake_get_cifar100)
+    x_train, y_train, x_test, y_test = datasets.load_arrays('cifar100')
+    assert calls == [(True, 3, 255.)]
+    assert x_train.dtype == numpy.uint8
+    numpy.testing.assert_array_equal(x_train, raw)
+    numpy.testing.assert_array_equal(y_test, labels)
