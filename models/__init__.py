@@ -20,6 +20,8 @@ MODELS = {
     'cifar_cnn': 'models.cifar_cnn:CifarCNN',
     'inception_v3': 'models.inception_v3:InceptionV3',
     'densenet': 'models.densenet:DenseNet',
+    'densenet40': 'models.densenet:DenseNet40',
+    'densenet100': 'models.densenet:DenseNet100',
 }
 
 
