@@ -167,6 +167,10 @@ def get_parser():
                         help='worker processes of a MultiprocessIterator')
     parser.add_argument('--no-progress', action='store_true',
                         help='do not show the progress bar')
+    parser.add_argument('--communicator', default=None,
+                        help='ChainerMN communicator (e.g. naive, '
+                        'pure_nccl): data-parallel training under mpiexec, '
+                        'MN fitted over the global batch')
     return parser
 
 
@@ -358,6 +362,14 @@ def main(argv=None):
         parser.error(str(e))
 
     matplotlib.use('Agg')
+    comm = None
+    if args.communicator is not None:
+        import chainermn
+        comm = chainermn.create_communicator(args.communicator)
+        if args.device not in ('-1', '@numpy'):
+            # One GPU per worker of a node.
+            args.device = '@cupy:{}'.format(comm.intra_rank)
+    is_main = comm is None or comm.rank == 0
     device = chainer.get_device(args.device)
     device.use()
     _seed_everything(args.seed, device)
@@ -365,6 +377,13 @@ def main(argv=None):
     train, test, info = mn_chainer.datasets.get_cifar(
         settings['dataset'], args.data, args.train_subset, args.test_subset,
         seed=args.seed)
+    if comm is not None:
+        # Each worker trains on its share; rank 0 evaluates the whole test
+        # set (MN's inference needs no communication).
+        train = chainermn.scatter_dataset(train, comm, shuffle=True,
+                                          seed=args.seed)
+        settings['communicator'] = args.communicator
+        settings['n_workers'] = comm.size
     settings.update(n_train=info['n_train'], n_test=info['n_test'],
                     n_class=info['n_class'], pixel_mean=info['mean'],
                     pixel_std=info['std'])
@@ -377,6 +396,8 @@ def main(argv=None):
         mn_kwargs = dict(n_components=settings['n_components'],
                          em_iter=settings['em_iter'],
                          relu=settings['mn_relu'], seed=args.seed)
+        if comm is not None:
+            mn_kwargs['comm'] = comm
     predictor = models.get_model(
         settings['model'], n_class=info['n_class'],
         mn_layers=settings['mn_layers'] or None, mn_kwargs=mn_kwargs,
@@ -388,6 +409,8 @@ def main(argv=None):
     model.to_device(device)
 
     optimizer = make_optimizer(settings['optimizer'], settings['lr'])
+    if comm is not None:
+        optimizer = chainermn.create_multi_node_optimizer(optimizer, comm)
     optimizer.setup(model)
     if settings['weight_decay'] > 0:
         optimizer.add_hook(
@@ -414,13 +437,35 @@ def main(argv=None):
     trainer = training.Trainer(
         updater, (settings['epoch'], 'epoch'), out=args.out)
 
-    trainer.extend(extensions.Evaluator(test_iter, model, device=device))
     shift, shift_trigger = lr_schedule_extension(
         settings['lr_schedule'], settings['epoch'])
     trainer.extend(shift, trigger=shift_trigger)
+    trainer.extend(RandomStates({'order': order_rng}), name='random_states')
+    if is_main:
+        # With ChainerMN, evaluation, reports and snapshots run on rank 0.
+        _extend_reporting(trainer, test_iter, model, predictor, device,
+                          settings, args.no_progress)
+
+    if args.resume is not None:
+        chainer.serializers.load_npz(args.resume, trainer)
+
+    settings['argv'] = list(sys.argv[1:] if argv is None else argv)
+    if is_main:
+        os.makedirs(args.out, exist_ok=True)
+        _write_json(os.path.join(args.out, 'args.json'), settings)
+        _print_header(device, settings, batchsize, comm)
+    trainer.run()
+    if not is_main:
+        return []
+    return list(trainer.get_extension('LogReport').log)
+
+
+def _extend_reporting(trainer, test_iter, model, predictor, device, settings,
+                      no_progress):
+    """Evaluator, snapshots, logs, plots and the progress bar."""
+    trainer.extend(extensions.Evaluator(test_iter, model, device=device))
     trainer.extend(extensions.snapshot(
         filename='snapshot_epoch_{.updater.epoch}'), trigger=(1, 'epoch'))
-    trainer.extend(RandomStates({'order': order_rng}), name='random_states')
     trainer.extend(extensions.observe_lr(), trigger=(1, 'epoch'))
     if settings['mn_norms']:
         trainer.extend(mn_chainer.extensions.MixtureMonitor(predictor))
@@ -437,17 +482,14 @@ def main(argv=None):
         trainer.extend(extensions.PlotReport(
             ['main/accuracy', 'validation/main/accuracy'], 'epoch',
             file_name='accuracy.png'))
-    if not args.no_progress:
+    if not no_progress:
         trainer.extend(extensions.ProgressBar())
 
-    if args.resume is not None:
-        chainer.serializers.load_npz(args.resume, trainer)
 
-    os.makedirs(args.out, exist_ok=True)
-    settings['argv'] = list(sys.argv[1:] if argv is None else argv)
-    _write_json(os.path.join(args.out, 'args.json'), settings)
-
-    print('# device: {}'.format(device))
+def _print_header(device, settings, batchsize, comm):
+    print('# device: {}{}'.format(
+        device, '' if comm is None else ' x {} workers ({})'.format(
+            comm.size, settings['communicator'])))
     print('# model: {} ({}), dataset: {} ({} train / {} test images)'.format(
         settings['model'], settings['preset'] or 'no preset',
         settings['dataset'], settings['n_train'], settings['n_test']))
@@ -456,12 +498,12 @@ def main(argv=None):
                                         settings['n_components'],
                                         settings['em_iter'])
                                 if settings['mn_layers'] else ''))
-    print('# optimizer: {}, lr {}, weight decay {}, batch {}, {} epochs'
+    print('# optimizer: {}, lr {}, weight decay {}, batch {}{}, {} epochs'
           .format(settings['optimizer'], settings['lr'],
-                  settings['weight_decay'], batchsize, settings['epoch']))
+                  settings['weight_decay'], batchsize,
+                  '' if comm is None else ' per worker',
+                  settings['epoch']))
     print('')
-    trainer.run()
-    return list(trainer.get_extension('LogReport').log)
 
 
 if __name__ == '__main__':

@@ -43,3 +43,37 @@ def test_multi_node_equals_single_process(n_workers):
     assert result.returncode == 0, result.stdout[-5000:]
     assert 'multi-node checks passed on {} workers'.format(
         n_workers) in result.stdout
+
+
+def test_train_cifar_with_communicator(tmp_path):
+    mpiexec = _mpiexec_or_skip()
+    import numpy
+    rs = numpy.random.RandomState(0)
+    data = str(tmp_path / 'tiny.npz')
+    numpy.savez(data,
+                x_train=rs.randint(0, 256, (64, 32, 32, 3)).astype('uint8'),
+                y_train=rs.randint(0, 10, 64).astype('int64'),
+                x_test=rs.randint(0, 256, (16, 32, 32, 3)).astype('uint8'),
+                y_test=rs.randint(0, 10, 16).astype('int64'))
+    out = str(tmp_path / 'out')
+    env = dict(os.environ, OMP_NUM_THREADS='1',
+               OMPI_ALLOW_RUN_AS_ROOT='1', OMPI_ALLOW_RUN_AS_ROOT_CONFIRM='1',
+               OMPI_MCA_rmaps_base_oversubscribe='1')
+    result = subprocess.run(
+        [mpiexec, '-n', '2', sys.executable,
+         os.path.join(ROOT, 'train_cifar.py'), '--communicator', 'naive',
+         '--data', data, '--norm', 'mn', '--mn-layers', 'conv2,conv3',
+         '--widths', '4,8,8,8', '-b', '8', '-e', '2', '--no-progress',
+         '-o', out], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, timeout=300, universal_newlines=True)
+    assert result.returncode == 0, result.stdout[-5000:]
+    import json
+    with open(os.path.join(out, 'log')) as f:
+        log = json.load(f)
+    assert [e['epoch'] for e in log] == [1, 2]
+    # 64 images over 2 workers, batch 8 per worker: 4 updates per epoch.
+    assert log[-1]['iteration'] == 8
+    assert 'mn/conv3/effective_k' in log[-1]
+    with open(os.path.join(out, 'args.json')) as f:
+        assert json.load(f)['n_workers'] == 2
+    assert os.path.exists(os.path.join(out, 'snapshot_epoch_2'))
