@@ -135,7 +135,7 @@ def _compute_dtype(dtype):
     return numpy.dtype(numpy.float32) if dtype.itemsize < 4 else dtype
 
 
-def _check_points(points, n_components):
+def _check_points(points, n_components, check_finite=True):
     if points.ndim != 2:
         raise ValueError('points must be a 2-D array (n_samples, n_features),'
                          ' got {} dimension(s) with shape {}'
@@ -152,9 +152,21 @@ def _check_points(points, n_components):
                                                     n_components))
     xp = get_array_module(points)
     points = points.astype(dtype, copy=False)
+    if check_finite:
+        _check_finite(xp, points)
+    return xp, points
+
+
+def _check_finite(xp, points, column_sums=None):
+    """ValueError if ``points`` holds NaN or Inf.
+
+    ``column_sums`` (the sums of the columns, which a NaN or Inf makes
+    non-finite) spare the full check where they are finite.
+    """
+    if column_sums is not None and bool(xp.isfinite(column_sums).all()):
+        return
     if not bool(xp.isfinite(points).all()):
         raise ValueError('points contain NaN or Inf (non-finite values)')
-    return xp, points
 
 
 def _check_iters(name, value):
@@ -294,7 +306,8 @@ def estimate_gaussian_parameters(points, resp, reg_covar, points_sq=None):
     xp = get_array_module(points)
     if points_sq is None:
         points_sq = points * points
-    sums = xp.concatenate((resp.T @ points, resp.T @ points_sq), axis=1)
+    sums = xp.concatenate(((points.T @ resp).T, (points_sq.T @ resp).T),
+                          axis=1)
     return _gaussians_from_sums(xp, resp.sum(axis=0), sums, reg_covar)
 
 
@@ -403,10 +416,12 @@ def kmeans(points, centers, n_iter=1):
     return _kmeans(xp, points, centers.astype(points.dtype), max(n_iter, 1))
 
 
-def _kmeans(xp, points, centers, n_iter, reducer=None):
+def _kmeans(xp, points, centers, n_iter, reducer=None, update_last=True):
     n_components = centers.shape[0]
-    for _ in range(n_iter):
+    for i in range(n_iter):
         labels = _hard_assign(xp, points, centers)
+        if i == n_iter - 1 and not update_last:
+            break  # the caller needs the assignment only
         one_hot = _one_hot(xp, labels, n_components, points.dtype)
         counts, sums = _allreduce(xp, reducer, one_hot.sum(axis=0),
                                   (points.T @ one_hot).T)
@@ -495,7 +510,8 @@ def fit_gmm(points, n_components, kmeans_iters=1, em_iters=1, n_trials=None,
         Mixture: the pruned mixture (``n_components`` is the effective K),
         or ``(mixture, resp)`` when ``return_posterior`` is True.
     """
-    xp, points = _check_points(points, n_components)
+    # The NaN/Inf check is folded into the fit's first pass (_fit_gmm).
+    xp, points = _check_points(points, n_components, check_finite=False)
     kmeans_iters = _check_iters('kmeans_iters', kmeans_iters)
     em_iters = _check_iters('em_iters', em_iters)
     if n_trials is None:
@@ -553,8 +569,9 @@ def _fit_gmm(xp, points, n_components, kmeans_iters, em_iters, n_trials,
     # Fit centred points (a diagonal mixture is translation invariant):
     # E[x^2] - mu^2 and the distance expansions cancel catastrophically in
     # float32 when |mean| >> sd.
-    total, count = _allreduce(xp, reducer, sample.sum(axis=0),
-                              xp.full(1, sample.shape[0], sample.dtype))
+    total, count = _allreduce(xp, reducer, points.sum(axis=0),
+                              xp.full(1, m, points.dtype))
+    _check_finite(xp, points, total)
     shift = total / count
     # [x, x^2] side by side: every M-step (and E-step on NumPy) is then one
     # matrix product over the points.
@@ -571,7 +588,10 @@ def _fit_gmm(xp, points, n_components, kmeans_iters, em_iters, n_trials,
             augmented[:, d:].sum(axis=1) if seed_points is x else None)
     else:
         centers = centers - shift
-    _, labels = _kmeans(xp, x, centers, max(kmeans_iters, 1), reducer)
+    # The mixture starts from the last assignment's clusters, so the last
+    # Lloyd iteration's centre update would go unused.
+    _, labels = _kmeans(xp, x, centers, max(kmeans_iters, 1), reducer,
+                        update_last=False)
     resp = _one_hot(xp, labels, n_components, x.dtype)
     mixture = _m_step(xp, x, resp, reg_covar, augmented=augmented,
                       reducer=reducer)
