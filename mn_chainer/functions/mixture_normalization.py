@@ -99,7 +99,8 @@ def _apply_forward(xp, x3, a, gamma, beta, mean, inv_std, relu):
         w = xp.concatenate((gamma * inv_std,
                             gamma * mean * inv_std - beta), axis=1)
         scale_shift = _bmm(xp, w.T, a)
-        y = x3 * scale_shift[:, :c]
+        y = scale_shift[:, :c]  # in place: one large array fewer
+        y *= x3
         y -= scale_shift[:, c:]
         return y
     y = xp.zeros_like(x3)
@@ -259,9 +260,12 @@ class MixtureNormalizationGrad(function_node.FunctionNode):
             v_scale * inv_std * inv_std * s2), axis=1)
         r = _bmm(xp, w.T, a)
         c = x3.shape[1]
-        gx = g3 * r[:, :c]
-        gx -= r[:, c:2 * c]
-        gx -= x3 * r[:, 2 * c:]
+        # In place in r (fresh large arrays are costly on the CPU).
+        gx, r1, r2 = r[:, :c], r[:, c:2 * c], r[:, 2 * c:]
+        gx *= g3
+        gx -= r1
+        r2 *= x3
+        gx -= r2
         return gx, ggamma, gbeta
 
     def _backward_relu(self, xp, x3, a, v, g3, gamma, beta):
