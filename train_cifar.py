@@ -464,8 +464,6 @@ def _extend_reporting(trainer, test_iter, model, predictor, device, settings,
                       no_progress):
     """Evaluator, snapshots, logs, plots and the progress bar."""
     trainer.extend(extensions.Evaluator(test_iter, model, device=device))
-    trainer.extend(extensions.snapshot(
-        filename='snapshot_epoch_{.updater.epoch}'), trigger=(1, 'epoch'))
     trainer.extend(extensions.observe_lr(), trigger=(1, 'epoch'))
     if settings['mn_norms']:
         trainer.extend(mn_chainer.extensions.MixtureMonitor(predictor))
@@ -484,6 +482,11 @@ def _extend_reporting(trainer, test_iter, model, predictor, device, settings,
             file_name='accuracy.png'))
     if not no_progress:
         trainer.extend(extensions.ProgressBar())
+    # Last, so that the snapshot holds every other extension's state after
+    # its run in that epoch. Chainer's writer saves to a temporary file in
+    # `out` and renames it: an interrupted run never leaves a torn snapshot.
+    trainer.extend(extensions.snapshot(
+        filename='snapshot_epoch_{.updater.epoch}'), trigger=(1, 'epoch'))
 
 
 def _print_header(device, settings, batchsize, comm):

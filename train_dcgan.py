@@ -18,6 +18,7 @@ unavailable and not logged.
 import argparse
 import json
 import os
+import sys
 import warnings
 
 import numpy
@@ -241,6 +242,10 @@ def parse_args(argv=None):
                         help='Dimension of z')
     parser.add_argument('--ch', type=int, default=512,
                         help='Widest channel count of G and D')
+    parser.add_argument('--communicator', default=None,
+                        help='ChainerMN communicator (e.g. naive, '
+                        'pure_nccl): data-parallel training under mpiexec, '
+                        'MN fitted over the global batch')
     parser.add_argument('--seed', type=int, default=0,
                         help='Seed of z, shuffling, MN fits and the subset')
     parser.add_argument('--snapshot_interval', type=int, default=10000,
@@ -312,10 +317,20 @@ def load_train_images(args):
 
 def main(argv=None):
     args = parse_args(argv)
+    comm = None
+    if args.communicator is not None:
+        import chainermn
+        comm = chainermn.create_communicator(args.communicator)
+        if args.device not in ('-1', '@numpy'):
+            args.device = '@cupy:{}'.format(comm.intra_rank)  # GPU per worker
+    is_main = comm is None or comm.rank == 0
     device = chainer.get_device(args.device)
     device.use()
+    if not is_main:
+        sys.stdout = open(os.devnull, 'w')  # rank 0 prints
 
-    print('Device: {}'.format(device))
+    print('Device: {}{}'.format(device, '' if comm is None else
+                                ' x {} workers'.format(comm.size)))
     print('# Minibatch-size: {}'.format(args.batchsize))
     print('# n_hidden: {}'.format(args.n_hidden))
     print('# iterations: {}'.format(args.iterations))
@@ -328,6 +343,8 @@ def main(argv=None):
     numpy.random.seed(args.seed)
     mn_kwargs = {'n_components': args.n_components,
                  'em_iter': args.em_iter, 'relu': True, 'seed': args.seed}
+    if comm is not None:
+        mn_kwargs['comm'] = comm
     gen = models.dcgan.Generator(n_hidden=args.n_hidden, ch=args.ch,
                                  mn_layers=args.mn, mn_kwargs=mn_kwargs)
     dis = models.dcgan.Discriminator(ch=args.ch)
@@ -337,6 +354,8 @@ def main(argv=None):
     def make_optimizer(model):
         optimizer = chainer.optimizers.Adam(alpha=args.alpha,
                                             beta1=args.beta1)
+        if comm is not None:
+            optimizer = chainermn.create_multi_node_optimizer(optimizer, comm)
         optimizer.setup(model)
         return optimizer
 
@@ -346,6 +365,10 @@ def main(argv=None):
     x_train = load_train_images(args)
     print('# training images: {}'.format(len(x_train)))
 
+    n_train = len(x_train)
+    if comm is not None:
+        x_train = chainermn.scatter_dataset(x_train, comm, shuffle=True,
+                                            seed=args.seed)
     rng = numpy.random.RandomState(args.seed)
     train_iter = chainer.iterators.SerialIterator(
         x_train, args.batchsize,
@@ -355,8 +378,18 @@ def main(argv=None):
                          device=device, rng=rng)
     trainer = training.Trainer(updater, (args.iterations, 'iteration'),
                                out=args.out)
+    if is_main:
+        _extend_rank0(trainer, args, gen, x_train, device, n_train)
+    if args.resume is not None:
+        chainer.serializers.load_npz(args.resume, trainer)
+
+    trainer.run()
+
+
+def _extend_rank0(trainer, args, gen, x_train, device, n_train):
+    """Reports, sample grids, FID and snapshots (rank 0 with ChainerMN)."""
     os.makedirs(args.out, exist_ok=True)
-    settings = dict(vars(args), model='dcgan', n_train=len(x_train))
+    settings = dict(vars(args), model='dcgan', n_train=n_train)
     with open(os.path.join(args.out, 'args.json'), 'w') as f:
         json.dump(settings, f, indent=2, sort_keys=True)
 
@@ -390,11 +423,6 @@ def main(argv=None):
     trainer.extend(
         extensions.snapshot(filename='snapshot_iter_{.updater.iteration}'),
         trigger=snapshot_interval)
-
-    if args.resume is not None:
-        chainer.serializers.load_npz(args.resume, trainer)
-
-    trainer.run()
 
 
 def make_fid_extension(args, gen, x_train, device):

@@ -77,3 +77,34 @@ def test_train_cifar_with_communicator(tmp_path):
     with open(os.path.join(out, 'args.json')) as f:
         assert json.load(f)['n_workers'] == 2
     assert os.path.exists(os.path.join(out, 'snapshot_epoch_2'))
+
+
+def test_train_dcgan_with_communicator(tmp_path):
+    mpiexec = _mpiexec_or_skip()
+    import numpy
+    rs = numpy.random.RandomState(0)
+    data = str(tmp_path / 'tiny.npz')
+    numpy.savez(data,
+                x_train=rs.randint(0, 256, (32, 32, 32, 3)).astype('uint8'),
+                y_train=rs.randint(0, 10, 32).astype('int64'),
+                x_test=rs.randint(0, 256, (8, 32, 32, 3)).astype('uint8'),
+                y_test=rs.randint(0, 10, 8).astype('int64'))
+    out = str(tmp_path / 'out')
+    env = dict(os.environ, OMP_NUM_THREADS='1',
+               OMPI_ALLOW_RUN_AS_ROOT='1', OMPI_ALLOW_RUN_AS_ROOT_CONFIRM='1',
+               OMPI_MCA_rmaps_base_oversubscribe='1')
+    result = subprocess.run(
+        [mpiexec, '-n', '2', sys.executable,
+         os.path.join(ROOT, 'train_dcgan.py'), '--communicator', 'naive',
+         '--data', data, '--mn', '--ch', '16', '-b', '4', '--iterations', '4',
+         '--display_interval', '2', '--snapshot_interval', '4',
+         '--fid_interval', '0', '-o', out], cwd=ROOT, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300,
+        universal_newlines=True)
+    assert result.returncode == 0, result.stdout[-5000:]
+    import json
+    with open(os.path.join(out, 'log')) as f:
+        log = json.load(f)
+    assert [e['iteration'] for e in log] == [2, 4]
+    assert 'mn/norm1/effective_k' in log[-1]
+    assert os.path.exists(os.path.join(out, 'snapshot_iter_4'))
