@@ -12,6 +12,7 @@ import pytest
 import mn_chainer.links
 import mn_chainer.paper
 import mn_chainer.presets
+import models
 import train_cifar
 from models import densenet
 from models import inception_v3
@@ -223,9 +224,10 @@ def test_inception_preset_mn_counts():
 def test_densenet_preset_models(depth, cls, dim):
     p = mn_chainer.presets.get_preset(
         'densenet_l{0}:L{0}_MN'.format(depth), 'cifar100')
-    model = cls(n_class=100, mn_layers=list(p.mn_layers),
-                mn_kwargs={'n_components': p.n_components,
-                           'em_iter': p.em_iter})
+    assert models.get_model_class(p.model) is cls
+    model = models.get_model(
+        p.model, n_class=100, mn_layers=list(p.mn_layers),
+        mn_kwargs={'n_components': p.n_components, 'em_iter': p.em_iter})
     mns = dict(mn_chainer.links.iter_mixture_normalizations(model))
     assert sorted(mns) == ['final', 'trans1', 'trans2']
     assert all(link.n_components == 5 for link in mns.values())
