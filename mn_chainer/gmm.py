@@ -473,6 +473,38 @@ def log_likelihood(points, mixture):
     return float(_e_step(xp, points, mixture)[1].mean())
 
 
+def check_fit_settings(n_components, kmeans_iters=1, em_iters=1,
+                       n_trials=None, sample_ratio=1.0, min_weight=0.01,
+                       reg_covar=1e-6):
+    """Validate the settings of :func:`fit_gmm` (ValueError naming the bad one).
+
+    Returns:
+        tuple: ``(kmeans_iters, em_iters, n_trials)`` as ints, ``n_trials``
+        defaulting to ``2 + floor(ln K)``.
+    """
+    if (not isinstance(n_components, numbers.Integral)
+            or isinstance(n_components, bool) or n_components < 1):
+        raise ValueError('n_components must be a positive integer, got {!r}'
+                         .format(n_components))
+    kmeans_iters = _check_iters('kmeans_iters', kmeans_iters)
+    em_iters = _check_iters('em_iters', em_iters)
+    if n_trials is None:
+        n_trials = _default_n_trials(n_components)
+    elif (not isinstance(n_trials, numbers.Integral) or n_trials < 1):
+        raise ValueError('n_trials must be a positive integer, got {!r}'
+                         .format(n_trials))
+    if not 0 < sample_ratio <= 1:
+        raise ValueError('sample_ratio must be in (0, 1], got {!r}'
+                         .format(sample_ratio))
+    if not 0 <= min_weight < 1:
+        raise ValueError('min_weight must be in [0, 1), got {!r}'
+                         .format(min_weight))
+    if not reg_covar >= 0:
+        raise ValueError('reg_covar must be non-negative, got {!r}'
+                         .format(reg_covar))
+    return kmeans_iters, em_iters, int(n_trials)
+
+
 def fit_gmm(points, n_components, kmeans_iters=1, em_iters=1, n_trials=None,
             sample_ratio=1.0, min_weight=0.01, reg_covar=1e-6, rng=None,
             return_posterior=False, centers=None, reducer=None):
@@ -512,22 +544,9 @@ def fit_gmm(points, n_components, kmeans_iters=1, em_iters=1, n_trials=None,
     """
     # The NaN/Inf check is folded into the fit's first pass (_fit_gmm).
     xp, points = _check_points(points, n_components, check_finite=False)
-    kmeans_iters = _check_iters('kmeans_iters', kmeans_iters)
-    em_iters = _check_iters('em_iters', em_iters)
-    if n_trials is None:
-        n_trials = _default_n_trials(n_components)
-    elif (not isinstance(n_trials, numbers.Integral) or n_trials < 1):
-        raise ValueError('n_trials must be a positive integer, got {!r}'
-                         .format(n_trials))
-    if not 0 < sample_ratio <= 1:
-        raise ValueError('sample_ratio must be in (0, 1], got {!r}'
-                         .format(sample_ratio))
-    if not 0 <= min_weight < 1:
-        raise ValueError('min_weight must be in [0, 1), got {!r}'
-                         .format(min_weight))
-    if not reg_covar >= 0:
-        raise ValueError('reg_covar must be non-negative, got {!r}'
-                         .format(reg_covar))
+    kmeans_iters, em_iters, n_trials = check_fit_settings(
+        n_components, kmeans_iters, em_iters, n_trials, sample_ratio,
+        min_weight, reg_covar)
     rng = _check_rng(xp, rng)
     if centers is not None:
         centers = xp.asarray(centers, dtype=points.dtype)
@@ -535,7 +554,7 @@ def fit_gmm(points, n_components, kmeans_iters=1, em_iters=1, n_trials=None,
             raise ValueError('centers must have shape {}, got {}'.format(
                 (n_components, points.shape[1]), centers.shape))
     mixture, log_resp = _fit_gmm(
-        xp, points, n_components, kmeans_iters, em_iters, int(n_trials),
+        xp, points, n_components, kmeans_iters, em_iters, n_trials,
         sample_ratio, min_weight, reg_covar, rng, centers, reducer)
     if return_posterior:
         return mixture, xp.exp(log_resp)

@@ -7,16 +7,43 @@ concatenated batch (to 1e-6, float64), and data-parallel training of the
 CIFAR CNN with MN keeps every worker's parameters and queues identical.
 They need Open MPI and mpi4py, which ``make test`` installs.
 """
+import json
 import os
 import shutil
 import subprocess
 import sys
 
+import numpy
 import pytest
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, 'tests', 'mpi', 'check_multi_node.py')
+
+
+def _run_mpi(n_workers, args, cwd=None):
+    """``mpiexec -n n_workers python args...``; skips without MPI."""
+    mpiexec = _mpiexec_or_skip()
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1',
+               OMPI_ALLOW_RUN_AS_ROOT='1', OMPI_ALLOW_RUN_AS_ROOT_CONFIRM='1',
+               OMPI_MCA_rmaps_base_oversubscribe='1')
+    result = subprocess.run(
+        [mpiexec, '-n', str(n_workers), sys.executable] + list(args),
+        cwd=cwd or ROOT, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, timeout=300, universal_newlines=True)
+    assert result.returncode == 0, result.stdout[-5000:]
+    return result.stdout
+
+
+def _tiny_cifar(path, n_train, n_test):
+    rs = numpy.random.RandomState(0)
+    numpy.savez(
+        path,
+        x_train=rs.randint(0, 256, (n_train, 32, 32, 3)).astype('uint8'),
+        y_train=rs.randint(0, 10, n_train).astype('int64'),
+        x_test=rs.randint(0, 256, (n_test, 32, 32, 3)).astype('uint8'),
+        y_test=rs.randint(0, 10, n_test).astype('int64'))
+    return str(path)
 
 
 def _mpiexec_or_skip():
@@ -32,42 +59,18 @@ def _mpiexec_or_skip():
 
 @pytest.mark.parametrize('n_workers', [2, 3])
 def test_multi_node_equals_single_process(n_workers):
-    mpiexec = _mpiexec_or_skip()
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1',
-               OMPI_ALLOW_RUN_AS_ROOT='1', OMPI_ALLOW_RUN_AS_ROOT_CONFIRM='1',
-               OMPI_MCA_rmaps_base_oversubscribe='1')
-    result = subprocess.run(
-        [mpiexec, '-n', str(n_workers), sys.executable, SCRIPT],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        timeout=300, universal_newlines=True)
-    assert result.returncode == 0, result.stdout[-5000:]
+    output = _run_mpi(n_workers, [SCRIPT])
     assert 'multi-node checks passed on {} workers'.format(
-        n_workers) in result.stdout
+        n_workers) in output
 
 
 def test_train_cifar_with_communicator(tmp_path):
-    mpiexec = _mpiexec_or_skip()
-    import numpy
-    rs = numpy.random.RandomState(0)
-    data = str(tmp_path / 'tiny.npz')
-    numpy.savez(data,
-                x_train=rs.randint(0, 256, (64, 32, 32, 3)).astype('uint8'),
-                y_train=rs.randint(0, 10, 64).astype('int64'),
-                x_test=rs.randint(0, 256, (16, 32, 32, 3)).astype('uint8'),
-                y_test=rs.randint(0, 10, 16).astype('int64'))
+    data = _tiny_cifar(tmp_path / 'tiny.npz', 64, 16)
     out = str(tmp_path / 'out')
-    env = dict(os.environ, OMP_NUM_THREADS='1',
-               OMPI_ALLOW_RUN_AS_ROOT='1', OMPI_ALLOW_RUN_AS_ROOT_CONFIRM='1',
-               OMPI_MCA_rmaps_base_oversubscribe='1')
-    result = subprocess.run(
-        [mpiexec, '-n', '2', sys.executable,
-         os.path.join(ROOT, 'train_cifar.py'), '--communicator', 'naive',
-         '--data', data, '--norm', 'mn', '--mn-layers', 'conv2,conv3',
-         '--widths', '4,8,8,8', '-b', '8', '-e', '2', '--no-progress',
-         '-o', out], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, timeout=300, universal_newlines=True)
-    assert result.returncode == 0, result.stdout[-5000:]
-    import json
+    _run_mpi(2, [os.path.join(ROOT, 'train_cifar.py'),
+                 '--communicator', 'naive', '--data', data, '--norm', 'mn',
+                 '--mn-layers', 'conv2,conv3', '--widths', '4,8,8,8',
+                 '-b', '8', '-e', '2', '--no-progress', '-o', out])
     with open(os.path.join(out, 'log')) as f:
         log = json.load(f)
     assert [e['epoch'] for e in log] == [1, 2]
@@ -80,29 +83,13 @@ def test_train_cifar_with_communicator(tmp_path):
 
 
 def test_train_dcgan_with_communicator(tmp_path):
-    mpiexec = _mpiexec_or_skip()
-    import numpy
-    rs = numpy.random.RandomState(0)
-    data = str(tmp_path / 'tiny.npz')
-    numpy.savez(data,
-                x_train=rs.randint(0, 256, (32, 32, 32, 3)).astype('uint8'),
-                y_train=rs.randint(0, 10, 32).astype('int64'),
-                x_test=rs.randint(0, 256, (8, 32, 32, 3)).astype('uint8'),
-                y_test=rs.randint(0, 10, 8).astype('int64'))
+    data = _tiny_cifar(tmp_path / 'tiny.npz', 32, 8)
     out = str(tmp_path / 'out')
-    env = dict(os.environ, OMP_NUM_THREADS='1',
-               OMPI_ALLOW_RUN_AS_ROOT='1', OMPI_ALLOW_RUN_AS_ROOT_CONFIRM='1',
-               OMPI_MCA_rmaps_base_oversubscribe='1')
-    result = subprocess.run(
-        [mpiexec, '-n', '2', sys.executable,
-         os.path.join(ROOT, 'train_dcgan.py'), '--communicator', 'naive',
-         '--data', data, '--mn', '--ch', '16', '-b', '4', '--iterations', '4',
-         '--display_interval', '2', '--snapshot_interval', '4',
-         '--fid_interval', '0', '-o', out], cwd=ROOT, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300,
-        universal_newlines=True)
-    assert result.returncode == 0, result.stdout[-5000:]
-    import json
+    _run_mpi(2, [os.path.join(ROOT, 'train_dcgan.py'),
+                 '--communicator', 'naive', '--data', data, '--mn',
+                 '--ch', '16', '-b', '4', '--iterations', '4',
+                 '--display_interval', '2', '--snapshot_interval', '4',
+                 '--fid_interval', '0', '-o', out])
     with open(os.path.join(out, 'log')) as f:
         log = json.load(f)
     assert [e['iteration'] for e in log] == [2, 4]

@@ -119,10 +119,12 @@ class MixtureNormalization(link.Link):
                  sample_ratio=1.0, min_weight=0.01, reg_covar=1e-6,
                  relu=False, queue_size=10, seed=None):
         super(MixtureNormalization, self).__init__()
-        if not (isinstance(n_components, (int, numpy.integer))
-                and n_components >= 1):
-            raise ValueError('n_components must be a positive integer, got '
-                             '{!r}'.format(n_components))
+        default_kmeans, default_em = gmm.split_em_iter(em_iter)
+        self.kmeans_iters, self.em_iters, _ = gmm.check_fit_settings(
+            n_components,
+            default_kmeans if kmeans_iters is None else kmeans_iters,
+            default_em if em_iters is None else em_iters, n_trials,
+            sample_ratio, min_weight, reg_covar)
         if not 0 < decay < 1:
             raise ValueError('decay must be in (0, 1), got {!r}'.format(decay))
         if not eps > 0:
@@ -131,18 +133,6 @@ class MixtureNormalization(link.Link):
                 and queue_size >= 1):
             raise ValueError('queue_size must be a positive integer, got '
                              '{!r}'.format(queue_size))
-        if not 0 < sample_ratio <= 1:
-            raise ValueError('sample_ratio must be in (0, 1], got {!r}'
-                             .format(sample_ratio))
-        if not 0 <= min_weight < 1:
-            raise ValueError('min_weight must be in [0, 1), got {!r}'
-                             .format(min_weight))
-        default_kmeans, default_em = gmm.split_em_iter(em_iter)
-        self.kmeans_iters = (default_kmeans if kmeans_iters is None
-                             else int(kmeans_iters))
-        self.em_iters = default_em if em_iters is None else int(em_iters)
-        if self.kmeans_iters < 0 or self.em_iters < 0:
-            raise ValueError('kmeans_iters and em_iters must be >= 0')
         self.n_components = int(n_components)
         self.decay = float(decay)
         self.eps = float(eps)
