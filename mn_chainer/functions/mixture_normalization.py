@@ -220,10 +220,10 @@ class MixtureNormalizationGrad(function_node.FunctionNode):
         g3 = _as3d(gy).astype(dtype, copy=False)
         gamma_c = gamma.astype(dtype, copy=False)
         beta_c = beta.astype(dtype, copy=False)
-        a, v = _coefficients(xp, t3, self.s, self.m)
+        a, _ = _coefficients(xp, t3, self.s, self.m)
         if self.relu:
             gx, ggamma, gbeta = self._backward_relu(
-                xp, x3, a, v, g3, gamma_c, beta_c)
+                xp, x3, a, g3, gamma_c, beta_c)
         else:
             gx, ggamma, gbeta = self._backward_linear(xp, x3, a, g3, gamma_c)
         if self.reducer is not None and self.reducer.size > 1:
@@ -238,68 +238,61 @@ class MixtureNormalizationGrad(function_node.FunctionNode):
                 gbeta.astype(gamma.dtype, copy=False))
 
     def _backward_linear(self, xp, x3, a, g3, gamma):
-        mean, inv_std, s = self.mean, self.inv_std, self.s
+        mean, inv_std = self.mean, self.inv_std
         # Per component (K, C): G1_k = sum_i a_ik g_i and
         # Gx_k = sum_i a_ik g_i x_i, so that sum_i h_ik = gamma G1_k and
         # sum_i h_ik x_hat_ik = gamma inv_std_k (Gx_k - mean_k G1_k).
         g1, gxs = gmm._allreduce(xp, self.reducer, _component_sums(xp, g3, a),
                                  _component_sums(xp, g3 * x3, a))
-        gbeta = g1.sum(axis=0)
-        ggamma = (inv_std * (gxs - mean * g1)).sum(axis=0)
-        s1 = gamma * g1
-        s2 = gamma * inv_std * (gxs - mean * g1)
-        # gx_i = g_i sum_k a_ik gamma inv_std_k
-        #        - sum_k v_ik inv_std_k (S1_k - inv_std_k mean_k S2_k)
-        #        - x_i sum_k v_ik inv_std_k^2 S2_k,
-        # with v_ik = a_ik / sqrt(m s_k): one batched product.
-        tiny = numpy.finfo(x3.dtype).tiny
-        v_scale = (1 / xp.sqrt(self.m * xp.maximum(s, tiny)))[:, None]
-        w = xp.concatenate((
-            gamma * inv_std,
-            v_scale * inv_std * (s1 - inv_std * mean * s2),
-            v_scale * inv_std * inv_std * s2), axis=1)
-        r = _bmm(xp, w.T, a)
-        c = x3.shape[1]
-        # In place in r (fresh large arrays are costly on the CPU).
-        gx, r1, r2 = r[:, :c], r[:, c:2 * c], r[:, 2 * c:]
+        gx_hat = inv_std * (gxs - mean * g1)
+        # First term: g_i sum_k a_ik gamma inv_std_k.
+        gx = _bmm(xp, (gamma * inv_std).T, a)
         gx *= g3
-        gx -= r1
-        r2 *= x3
-        gx -= r2
-        return gx, ggamma, gbeta
+        self._subtract_mean_terms(xp, gx, x3, a, gamma * g1, gamma * gx_hat)
+        return gx, gx_hat.sum(axis=0), g1.sum(axis=0)
 
-    def _backward_relu(self, xp, x3, a, v, g3, gamma, beta):
+    def _backward_relu(self, xp, x3, a, g3, gamma, beta):
         mean, inv_std = self.mean, self.inv_std
-
-        def terms(k):
-            # x_hat_k and t_k = a_k g (masked by the ReLU of component k).
-            x_hat = (x3 - mean[k][:, None]) * inv_std[k][:, None]
-            t = g3 * a[:, k:k + 1]
-            t *= (x_hat * gamma[:, None] + beta[:, None]) > 0
-            return x_hat, t
-
-        def gx_term(k, x_hat, t, t_sum, t_x_hat_sum):
-            vk = v[:, k:k + 1]
-            return inv_std[k][:, None] * (
-                gamma[:, None] * t
-                - vk * (gamma * t_sum)[:, None]
-                - vk * x_hat * (gamma * t_x_hat_sum)[:, None])
-
         n_components = a.shape[1]
         gx = xp.zeros_like(x3)
         sums = xp.empty((2, n_components, x3.shape[1]), dtype=x3.dtype)
         for k in range(n_components):
-            x_hat, t = terms(k)
+            scale = (gamma * inv_std[k])[:, None]
+            # t_k = a_k g, masked where component k's ReLU is off.
+            z = x3 * scale
+            z += (beta - gamma * mean[k] * inv_std[k])[:, None]
+            t = g3 * a[:, k:k + 1]
+            t *= z > 0
             sums[0, k] = t.sum(axis=(0, 2))
-            sums[1, k] = (t * x_hat).sum(axis=(0, 2))
-            if self.reducer is None:
-                gx += gx_term(k, x_hat, t, sums[0, k], sums[1, k])
-        if self.reducer is not None:
-            # The per-component sums are global: reduce, then a second pass.
-            sums, = gmm._allreduce(xp, self.reducer, sums)
-            for k in range(n_components):
-                gx += gx_term(k, *terms(k), sums[0, k], sums[1, k])
-        return gx, sums[1].sum(axis=0), sums[0].sum(axis=0)
+            xp.multiply(t, x3, out=z)
+            sums[1, k] = z.sum(axis=(0, 2))
+            t *= scale  # first term: gamma inv_std_k t_k
+            gx += t
+        sums, = gmm._allreduce(xp, self.reducer, sums)
+        t_sum = sums[0]
+        t_x_hat_sum = inv_std * (sums[1] - mean * t_sum)
+        self._subtract_mean_terms(xp, gx, x3, a, gamma * t_sum,
+                                  gamma * t_x_hat_sum)
+        return gx, t_x_hat_sum.sum(axis=0), t_sum.sum(axis=0)
+
+    def _subtract_mean_terms(self, xp, gx, x3, a, s1, s2):
+        """``gx -= sum_k v_ik inv_std_k (S1_k + x_hat_ik S2_k)`` in place.
+
+        ``S1_k = sum_j h_jk`` and ``S2_k = sum_j h_jk x_hat_jk`` (``(K, C)``;
+        totals over all workers).  Expanded in ``x_i`` with
+        ``v_ik = a_ik / sqrt(m s_k)``, this is one batched product.
+        """
+        mean, inv_std = self.mean, self.inv_std
+        tiny = numpy.finfo(x3.dtype).tiny
+        v_scale = (1 / xp.sqrt(self.m * xp.maximum(self.s, tiny)))[:, None]
+        w = xp.concatenate((v_scale * inv_std * (s1 - inv_std * mean * s2),
+                            v_scale * inv_std * inv_std * s2), axis=1)
+        r = _bmm(xp, w.T, a)
+        c = x3.shape[1]
+        gx -= r[:, :c]
+        r = r[:, c:]
+        r *= x3
+        gx -= r
 
     def backward(self, indexes, grad_outputs):
         if self.reducer is not None:
