@@ -327,22 +327,31 @@ _TABLE2_TRAINING = dict(
 )
 
 
-@register_table('table2', 'Table II (CIFAR CNN)', model='cifar_cnn',
-                datasets=('cifar10', 'cifar100'), default=True)
-def _table2(paper, dataset):
-    table = paper['table2_cifar_cnn']
-    steps = paper.get('table3_cifar_cnn_steps', {}).get(dataset, {})
+def _accuracy_table_rows(paper, dataset, table_key, steps_key, training):
+    """Rows of an accuracy table (II or IV) with its steps table (III or V).
+
+    Every row carries the paper's accuracies at the checkpoints and, where
+    the steps table has the row, the updates (x1e4) to reach its BN target.
+    """
+    table = paper[table_key]
+    steps = paper.get(steps_key, {}).get(dataset, {})
     rows = collections.OrderedDict()
     for row, entry in table[dataset].items():
         reported = {'checkpoints_epochs': list(table['checkpoints_epochs']),
                     'acc': list(entry['acc'])}
         if row in steps.get('rows', {}):
-            # Table III: updates (x1e4) to reach the BN-2 maximum.
             reported['steps_target'] = steps['target']
             reported['steps'] = steps['rows'][row]['steps']
-        rows[row] = dict(paper=reported, **_paper_row(entry),
-                         **_TABLE2_TRAINING)
+        rows[row] = dict(paper=reported, **_paper_row(entry), **training)
     return rows
+
+
+@register_table('table2', 'Table II (CIFAR CNN)', model='cifar_cnn',
+                datasets=('cifar10', 'cifar100'), default=True)
+def _table2(paper, dataset):
+    # Table III: updates (x1e4) to reach the BN-2 maximum.
+    return _accuracy_table_rows(paper, dataset, 'table2_cifar_cnn',
+                                'table3_cifar_cnn_steps', _TABLE2_TRAINING)
 
 
 # ---------------------------------------------------------------------------
@@ -362,19 +371,9 @@ _TABLE4_TRAINING = dict(
 @register_table('table4', 'Table IV (Inception-V3)', model='inception_v3',
                 datasets=('cifar10', 'cifar100'), default=True)
 def _table4(paper, dataset):
-    table = paper['table4_inception_v3']
-    steps = paper.get('table5_inception_v3_steps', {}).get(dataset, {})
-    rows = collections.OrderedDict()
-    for row, entry in table[dataset].items():
-        reported = {'checkpoints_epochs': list(table['checkpoints_epochs']),
-                    'acc': list(entry['acc'])}
-        if row in steps.get('rows', {}):
-            # Table V: updates (x1e4) to reach the BN-1 maximum.
-            reported['steps_target'] = steps['target']
-            reported['steps'] = steps['rows'][row]['steps']
-        rows[row] = dict(paper=reported, **_paper_row(entry),
-                         **_TABLE4_TRAINING)
-    return rows
+    # Table V: updates (x1e4) to reach the BN-1 maximum.
+    return _accuracy_table_rows(paper, dataset, 'table4_inception_v3',
+                                'table5_inception_v3_steps', _TABLE4_TRAINING)
 
 
 #: Table VI's lr decay policies: the keys of its section in the paper data,
