@@ -136,7 +136,8 @@ def main(argv=None):
         settings = json.load(f)
     updates = logs['MN-2'][-1]['iteration'] if logs['MN-2'] else 0
     preset = mn_chainer.presets.get_preset('table2:MN-2', 'cifar10')
-    paper_updates = preset.epoch * -(-_PAPER_N_TRAIN // preset.batchsize)
+    # Chainer's repeating iterator wraps around epochs: no partial batches.
+    paper_updates = -(-preset.epoch * _PAPER_N_TRAIN // preset.batchsize)
     summary = '\n'.join([
         'CIFAR-10, {} training / {} test images, {} epochs, batch {}, '
         'seed {}'.format(settings['n_train'], settings['n_test'],
