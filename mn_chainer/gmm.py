@@ -462,15 +462,31 @@ def posterior(points, mixture):
         Array of shape ``(m, K)``.
     """
     xp, points = _check_points(points, 1)
-    mixture = Mixture(*(a.astype(points.dtype, copy=False) for a in mixture))
+    points, mixture = centre(points, mixture)
     return xp.exp(_e_step(xp, points, mixture)[0])
 
 
 def log_likelihood(points, mixture):
     """Mean log-likelihood of the points under ``mixture`` (a float)."""
     xp, points = _check_points(points, 1)
-    mixture = Mixture(*(a.astype(points.dtype, copy=False) for a in mixture))
+    points, mixture = centre(points, mixture)
     return float(_e_step(xp, points, mixture)[1].mean())
+
+
+def centre(points, mixture):
+    """Translate points and mixture by the mixture's mean (in ``points``'
+    dtype).
+
+    Posteriors and log-likelihoods do not change under a common
+    translation, but the expanded distances of the E-step cancel in float32
+    when ``|mean| >> sd``; centring avoids that.
+
+    Returns:
+        tuple: ``(points - shift, mixture with means - shift)``.
+    """
+    mixture = Mixture(*(a.astype(points.dtype, copy=False) for a in mixture))
+    shift = mixture.weights @ mixture.means
+    return points - shift, mixture._replace(means=mixture.means - shift)
 
 
 def check_fit_settings(n_components, kmeans_iters=1, em_iters=1,

@@ -591,3 +591,20 @@ def test_fit_dtype(xp, dtype, fit_dtype):
         assert numpy.isfinite(_host(a)).all()
     centers, _ = gmm.kmeans_plusplus(x, 2, rng=0)
     assert centers.dtype == fit_dtype
+
+
+def test_posterior_and_log_likelihood_float32_far_from_origin():
+    # |mean| = 1e4 sd: the expanded E-step distances would cancel in
+    # float32 without centring; compare with float64 on the same mixture.
+    rs = numpy.random.RandomState(0)
+    x = numpy.concatenate([rs.randn(300, 6), rs.randn(200, 6) + 4]) + 1e4
+    mixture = gmm.Mixture(numpy.array([0.6, 0.4]),
+                          numpy.stack([numpy.full(6, 1e4),
+                                       numpy.full(6, 1e4 + 4)]),
+                          numpy.ones((2, 6)))
+    ref = gmm.posterior(x, mixture)
+    got = gmm.posterior(x.astype(numpy.float32), mixture)
+    numpy.testing.assert_allclose(got, ref, atol=1e-3)
+    numpy.testing.assert_allclose(
+        gmm.log_likelihood(x.astype(numpy.float32), mixture),
+        gmm.log_likelihood(x, mixture), rtol=1e-3)

@@ -388,10 +388,9 @@ class MixtureNormalization(link.Link):
                                                        x_array.shape))
         log_resp = []
         for l in range(length):
-            lr, _ = gmm._e_step(
-                xp, points, gmm.Mixture(weights[l], means[l],
-                                        variances[l] + self.eps))
-            log_resp.append(lr)
+            centred, mixture = gmm.centre(points, gmm.Mixture(
+                weights[l], means[l], variances[l] + self.eps))
+            log_resp.append(gmm._e_step(xp, centred, mixture)[0])
         resp = xp.exp(xp.stack(log_resp, axis=1))  # (m, L, K)
         present = weights > 0
         scale = xp.where(present, 1 / xp.sqrt(xp.where(present, weights, 1)),
