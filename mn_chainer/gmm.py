@@ -492,7 +492,9 @@ def centre(points, mixture):
 def check_fit_settings(n_components, kmeans_iters=1, em_iters=1,
                        n_trials=None, sample_ratio=1.0, min_weight=0.01,
                        reg_covar=1e-6):
-    """Validate the settings of :func:`fit_gmm` (ValueError naming the bad one).
+    """Validate the settings of :func:`fit_gmm`.
+
+    Raises a ValueError naming the bad setting.
 
     Returns:
         tuple: ``(kmeans_iters, em_iters, n_trials)`` as ints, ``n_trials``

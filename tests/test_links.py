@@ -157,7 +157,7 @@ def test_same_seed_same_results_and_reseed():
     a = ML.MixtureNormalization(4, seed=5)
     b = ML.MixtureNormalization(4, seed=5)
     c = ML.MixtureNormalization(4, seed=6)
-    ya, yb, yc = (_train_steps(l, 3) for l in (a, b, c))
+    ya, yb, yc = (_train_steps(link, 3) for link in (a, b, c))
     for u, v in zip(ya, yb):
         numpy.testing.assert_array_equal(u, v)
     a.reseed(5)

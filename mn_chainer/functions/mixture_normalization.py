@@ -8,9 +8,9 @@ the graph by construction and the transform can be tested on its own.
 Notation (DESIGN §1.2-1.3), for points ``i`` (the channel vectors
 ``x[n, :, h, w]``, ``m`` of them) and components ``k``::
 
-    s_k = sum_i tau_ik     v_ik = tau_ik / s_k      pi_k = s_k / m
-    mean_k = sum_i v_ik x_i                  var_k = sum_i v_ik (x_i - mean_k)^2
-    x_hat_ik = (x_i - mean_k) / sqrt(var_k + eps)                       (Eq. 35)
+    s_k = sum_i tau_ik      v_ik = tau_ik / s_k      pi_k = s_k / m
+    mean_k = sum_i v_ik x_i     var_k = sum_i v_ik (x_i - mean_k)^2
+    x_hat_ik = (x_i - mean_k) / sqrt(var_k + eps)                 (Eq. 35)
     y_i = sum_k a_ik f(gamma x_hat_ik + beta),  a_ik = tau_ik / sqrt(pi_k)
                                                             (Eqs. 34 + 37)
 
@@ -45,7 +45,10 @@ def _bmm(xp, w, b):
 
 
 def _component_sums(xp, x3, t3):
-    """``sum_i t_ik x_ic`` as ``(K, C)`` for ``x3 (N, C, P)``, ``t3 (N, K, P)``."""
+    """``sum_i t_ik x_ic`` as ``(K, C)``.
+
+    For ``x3`` of shape ``(N, C, P)`` and ``t3`` of shape ``(N, K, P)``.
+    """
     return xp.matmul(x3, t3.transpose(0, 2, 1)).sum(axis=0).T
 
 
@@ -353,7 +356,8 @@ def _mixture_normalization_graph(x, tau, gamma, beta, eps, relu):
 
 
 def mixture_normalization(x, tau, gamma, beta, **kwargs):
-    """mixture_normalization(x, tau, gamma, beta, eps=2e-5, relu=False, reducer=None)
+    """mixture_normalization(x, tau, gamma, beta, eps=2e-5, relu=False, \
+reducer=None)
 
     Mixture Normalizing Transform with given responsibilities.
 

@@ -387,9 +387,9 @@ class MixtureNormalization(link.Link):
                 'Inf) in the input of shape {}'.format(self._name(),
                                                        x_array.shape))
         log_resp = []
-        for l in range(length):
+        for entry in range(length):
             centred, mixture = gmm.centre(points, gmm.Mixture(
-                weights[l], means[l], variances[l] + self.eps))
+                weights[entry], means[entry], variances[entry] + self.eps))
             log_resp.append(gmm._e_step(xp, centred, mixture)[0])
         resp = xp.exp(xp.stack(log_resp, axis=1))  # (m, L, K)
         present = weights > 0

@@ -15,7 +15,6 @@ import numpy
 warnings.simplefilter('ignore')
 
 import chainer  # NOQA: E402
-import chainer.functions as F  # NOQA: E402
 import chainermn  # NOQA: E402
 
 import mn_chainer.links as ML  # NOQA: E402
