@@ -73,10 +73,10 @@ def inference(x, queue, gamma, beta, decay, eps=2e-5, relu=False):
     """
     px = points_of(x)
     big_l = len(queue)
-    w = numpy.array([decay ** (big_l - j) * (1 - decay) / (1 - decay ** big_l)
-                     for j in range(1, big_l + 1)])  # j = l of Eq. 39
+    w = numpy.array([decay ** (big_l - i) * (1 - decay) / (1 - decay ** big_l)
+                     for i in range(1, big_l + 1)])  # i = l of Eq. 39
     y = numpy.zeros_like(px)
-    for j, (pi, mean, var) in enumerate(queue):
+    for entry, (pi, mean, var) in enumerate(queue):
         present = numpy.asarray(pi) > 0
         tau = diag_gaussian_posterior(px, pi[present], mean[present],
                                       var[present] + eps)
@@ -85,5 +85,5 @@ def inference(x, queue, gamma, beta, decay, eps=2e-5, relu=False):
             z = gamma * (px - mu) / numpy.sqrt(v + eps) + beta
             if relu:
                 z = numpy.maximum(z, 0)
-            y += w[j] * tau[:, j:j + 1] / numpy.sqrt(p) * z
+            y += w[entry] * tau[:, j:j + 1] / numpy.sqrt(p) * z
     return unpoints(y, numpy.shape(x))
