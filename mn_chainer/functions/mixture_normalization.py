@@ -81,15 +81,14 @@ def component_statistics(xp, x3, t3, eps, reducer=None):
 
 
 def _coefficients(xp, t3, s, m):
-    """``a = tau / sqrt(pi)`` and ``v = tau / s`` (0 for empty components).
+    """``a = tau / sqrt(pi)`` (0 for empty components).
 
-    ``pi = s / m``; ``s`` and ``m`` are totals (over all workers).
+    ``pi = s / m``; ``s`` and ``m`` are totals (over all workers).  The
+    weights ``v = tau / s`` are ``a / sqrt(m s)``.
     """
     tiny = numpy.finfo(t3.dtype).tiny
     s_safe = xp.maximum(s, tiny)
-    a = t3 * (xp.sqrt(m / s_safe) * (s > 0))[None, :, None]
-    v = t3 * ((1 / s_safe) * (s > 0))[None, :, None]
-    return a, v
+    return t3 * (xp.sqrt(m / s_safe) * (s > 0))[None, :, None]
 
 
 def _apply_forward(xp, x3, a, gamma, beta, mean, inv_std, relu):
@@ -171,7 +170,7 @@ class MixtureNormalization(function_node.FunctionNode):
         t3 = _as3d(tau).astype(dtype, copy=False)
         self.s, self.mean, self.var, self.inv_std, self.m = \
             component_statistics(xp, x3, t3, self.eps, self.reducer)
-        a, _ = _coefficients(xp, t3, self.s, self.m)
+        a = _coefficients(xp, t3, self.s, self.m)
         y = _apply_forward(xp, x3, a, gamma.astype(dtype, copy=False),
                            beta.astype(dtype, copy=False), self.mean,
                            self.inv_std, self.relu)
@@ -223,7 +222,7 @@ class MixtureNormalizationGrad(function_node.FunctionNode):
         g3 = _as3d(gy).astype(dtype, copy=False)
         gamma_c = gamma.astype(dtype, copy=False)
         beta_c = beta.astype(dtype, copy=False)
-        a, _ = _coefficients(xp, t3, self.s, self.m)
+        a = _coefficients(xp, t3, self.s, self.m)
         if self.relu:
             gx, ggamma, gbeta = self._backward_relu(
                 xp, x3, a, g3, gamma_c, beta_c)
@@ -336,7 +335,10 @@ def _mixture_normalization_graph(x, tau, gamma, beta, eps, relu):
     x3 = F.cast(F.reshape(x, (shape[0], shape[1], -1)), dtype)
     t3 = _as3d(tau).astype(dtype, copy=False)
     s = t3.sum(axis=(0, 2))
-    a, v = _coefficients(xp, t3, s, t3.shape[0] * t3.shape[2])
+    m = t3.shape[0] * t3.shape[2]
+    a = _coefficients(xp, t3, s, m)
+    v = a / xp.sqrt(m * xp.maximum(s, numpy.finfo(t3.dtype).tiny))[
+        None, :, None]
     gamma3 = F.broadcast_to(F.cast(gamma, dtype)[None, :, None], x3.shape)
     beta3 = F.broadcast_to(F.cast(beta, dtype)[None, :, None], x3.shape)
     y = None

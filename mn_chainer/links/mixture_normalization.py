@@ -268,7 +268,7 @@ class MixtureNormalization(link.Link):
                 'MixtureNormalization {!r}: expected {} channels, got input '
                 'of shape {}'.format(self._name(), self.size, x.shape))
 
-    def _parameters(self, size, dtype):
+    def _parameters(self, size):
         xp = self.xp
         gamma = self.gamma
         if gamma is None:
@@ -284,7 +284,7 @@ class MixtureNormalization(link.Link):
         self._check_input(x_array)
         if self.queue_means is None:
             self._initialize_params(x_array.shape[1])
-        gamma, beta = self._parameters(x_array.shape[1], x_array.dtype)
+        gamma, beta = self._parameters(x_array.shape[1])
         if configuration.config.train:
             return self._forward_train(x, x_array, gamma, beta)
         return self._forward_test(x, x_array, gamma, beta)
@@ -386,11 +386,16 @@ class MixtureNormalization(link.Link):
                 'MixtureNormalization {!r}: non-finite activations (NaN or '
                 'Inf) in the input of shape {}'.format(self._name(),
                                                        x_array.shape))
+        # One common shift for every queued mixture (posteriors do not
+        # change under a common translation): one pass, not one per entry.
+        points, newest = gmm.centre(points, gmm.Mixture(
+            weights[-1], means[-1], variances[-1]))
+        shift = means[-1] - newest.means
         log_resp = []
         for entry in range(length):
-            centred, mixture = gmm.centre(points, gmm.Mixture(
-                weights[entry], means[entry], variances[entry] + self.eps))
-            log_resp.append(gmm._e_step(xp, centred, mixture)[0])
+            mixture = gmm.Mixture(weights[entry], means[entry] - shift,
+                                  variances[entry] + self.eps)
+            log_resp.append(gmm._e_step(xp, points, mixture)[0])
         resp = xp.exp(xp.stack(log_resp, axis=1))  # (m, L, K)
         present = weights > 0
         scale = xp.where(present, 1 / xp.sqrt(xp.where(present, weights, 1)),
