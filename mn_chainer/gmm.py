@@ -218,14 +218,23 @@ def _candidate_d2(xp, points, candidates, closest_d2, points_sq=None):
         from mn_chainer import kernels
         return kernels.kmeanspp_candidate_d2(points, candidates, closest_d2)
     if points_sq is None:
-        points_sq = (points * points).sum(axis=1)
-    d2 = candidates @ points.T
+        points_sq = _row_norms_sq(xp, points)
+    # (m, T) = points @ candidates.T: the big operand streams once, in the
+    # layout BLAS handles fastest (three times faster than (T, m) here).
+    d2 = points @ candidates.T
     d2 *= -2
-    d2 += points_sq[None, :]
-    d2 += (candidates * candidates).sum(axis=1)[:, None]
+    d2 += points_sq[:, None]
+    d2 += (candidates * candidates).sum(axis=1)[None, :]
     xp.maximum(d2, 0, out=d2)
-    xp.minimum(d2, closest_d2[None, :], out=d2)
-    return d2
+    xp.minimum(d2, closest_d2[:, None], out=d2)
+    return d2.T
+
+
+def _row_norms_sq(xp, points):
+    """``|x_i|^2`` of every row, shape ``(m,)``."""
+    if xp is numpy:
+        return numpy.einsum('ij,ij->i', points, points)
+    return (points * points).sum(axis=1)
 
 
 def _logsumexp(xp, a):
@@ -235,8 +244,25 @@ def _logsumexp(xp, a):
     return out[:, 0]
 
 
+def _gaussian_terms(xp, log_weights, means, precisions):
+    """``log p(x, k) = [x, x^2] @ coef[:, k] + const[k]`` (NumPy E-step).
+
+    Expanding ``sum_j prec_kj (x_j - mu_kj)^2`` (as scikit-learn does) makes
+    the log-densities of all components one matrix product.
+
+    Returns:
+        tuple: ``coef (2d, K)`` and ``const (K,)``.
+    """
+    d = means.shape[1]
+    coef = xp.concatenate((means * precisions, -0.5 * precisions), axis=1).T
+    const = log_weights - 0.5 * (
+        d * math.log(2 * math.pi) + (means * means * precisions).sum(axis=1)
+        - xp.log(precisions).sum(axis=1))
+    return xp.ascontiguousarray(coef), const
+
+
 def _estimate_log_resp(xp, points, log_weights, means, precisions,
-                       points_sq=None, augmented=None):
+                       points_sq=None, augmented=None, terms=None):
     """E-step in log space: log responsibilities and log normalizers.
 
     ``log p(x_i, k) = log pi_k - (d log 2pi - sum_j log prec_kj
@@ -251,6 +277,8 @@ def _estimate_log_resp(xp, points, log_weights, means, precisions,
         points_sq: Optional ``points ** 2`` (reused across EM iterations).
         augmented: Optional ``[points, points ** 2]`` of shape ``(m, 2d)``:
             the NumPy path then needs a single matrix product.
+        terms: Optional :func:`_gaussian_terms` of these parameters (NumPy;
+            computed once for a pass over many row blocks).
 
     Returns:
         tuple: ``log_resp (m, K)`` and ``log_norm (m,)``.
@@ -259,20 +287,15 @@ def _estimate_log_resp(xp, points, log_weights, means, precisions,
         from mn_chainer import kernels
         return kernels.estep_log_resp(xp.ascontiguousarray(points),
                                       log_weights, means, precisions)
-    d = points.shape[1]
-    # sum_j prec (x - mu)^2, expanded into matrix products (as scikit-learn).
-    if augmented is not None:
-        maha = augmented @ xp.concatenate(
-            (-2 * means * precisions, precisions), axis=1).T
-    else:
+    if terms is None:
+        terms = _gaussian_terms(xp, log_weights, means, precisions)
+    coef, const = terms
+    if augmented is None:
         if points_sq is None:
             points_sq = points * points
-        maha = points_sq @ precisions.T
-        maha -= 2 * (points @ (means * precisions).T)
-    maha += (means * means * precisions).sum(axis=1)[None, :]
-    log_prob = -0.5 * (d * math.log(2 * math.pi) + maha)
-    log_prob += 0.5 * xp.log(precisions).sum(axis=1)[None, :]
-    log_prob += log_weights[None, :]
+        augmented = xp.concatenate((points, points_sq), axis=1)
+    log_prob = augmented @ coef
+    log_prob += const
     log_norm = _logsumexp(xp, log_prob)
     log_prob -= log_norm[:, None]
     return log_prob, log_norm
@@ -306,14 +329,13 @@ def estimate_gaussian_parameters(points, resp, reg_covar, points_sq=None):
     xp = get_array_module(points)
     if points_sq is None:
         points_sq = points * points
-    sums = xp.concatenate(((points.T @ resp).T, (points_sq.T @ resp).T),
-                          axis=1)
+    sums = xp.concatenate((resp.T @ points, resp.T @ points_sq), axis=1)
     return _gaussians_from_sums(xp, resp.sum(axis=0), sums, reg_covar)
 
 
 def _weighted_sums(xp, augmented, resp):
     """``sum_i resp_ik`` (K,) and ``sum_i resp_ik [x_i, x_i^2]`` (K, 2d)."""
-    return resp.sum(axis=0), (augmented.T @ resp).T
+    return resp.sum(axis=0), resp.T @ augmented
 
 
 def _gaussians_from_sums(xp, nk, sums, reg_covar):
@@ -349,21 +371,31 @@ def kmeans_plusplus(points, n_components, n_trials=None, rng=None):
     elif (not isinstance(n_trials, numbers.Integral) or n_trials < 1):
         raise ValueError('n_trials must be a positive integer, got {!r}'
                          .format(n_trials))
-    return _kmeans_plusplus(xp, points, n_components, int(n_trials),
-                            _check_rng(xp, rng))
+    centers, indices, _ = _kmeans_plusplus(
+        xp, points, n_components, int(n_trials), _check_rng(xp, rng))
+    return centers, indices
 
 
 def _kmeans_plusplus(xp, points, n_components, n_trials, rng,
                      points_sq_sum=None):
+    """Greedy K-means++; also returns the nearest seed of every point.
+
+    Returns:
+        tuple: ``centers (K, d)``, ``indices (K,)`` and ``labels (m,)``, the
+        index of the nearest centre of every point (the first on a tie), as
+        a Lloyd assignment to the seeds would give it: the seeding tracks
+        it for free.
+    """
     m = points.shape[0]
-    if points_sq_sum is None:
-        points_sq_sum = (points * points).sum(axis=1)
+    if points_sq_sum is None and not _use_kernels(xp):
+        points_sq_sum = _row_norms_sq(xp, points)
     indices = xp.empty(n_components, dtype=numpy.int64)
     first = rng.randint(0, m, size=1).astype(numpy.int64)
     indices[0:1] = first
-    closest_d2 = _candidate_d2(
+    closest_d2 = xp.ascontiguousarray(_candidate_d2(
         xp, points, points[first], xp.full(m, numpy.inf, points.dtype),
-        points_sq_sum)[0]
+        points_sq_sum)[0])
+    labels = xp.zeros(m, dtype=numpy.int64)
     for c in range(1, n_components):
         cumulative = xp.cumsum(closest_d2)
         targets = rng.random_sample(n_trials).astype(points.dtype)
@@ -373,9 +405,11 @@ def _kmeans_plusplus(xp, points, n_components, n_trials, rng,
         d2 = _candidate_d2(xp, points, points[candidates], closest_d2,
                            points_sq_sum)
         best = xp.argmin(d2.sum(axis=1))
-        closest_d2 = d2[best]
+        new_d2 = xp.ascontiguousarray(d2[best])
+        labels = xp.where(new_d2 < closest_d2, c, labels)
+        closest_d2 = new_d2
         indices[c:c + 1] = candidates[best:best + 1]
-    return points[indices], indices
+    return points[indices], indices, labels
 
 
 def _hard_assign(xp, points, centers):
@@ -416,15 +450,19 @@ def kmeans(points, centers, n_iter=1):
     return _kmeans(xp, points, centers.astype(points.dtype), max(n_iter, 1))
 
 
-def _kmeans(xp, points, centers, n_iter, reducer=None, update_last=True):
+def _kmeans(xp, points, centers, n_iter, reducer=None, update_last=True,
+            labels=None):
+    """Lloyd iterations; ``labels``, if given, is the assignment to
+    ``centers`` (from the seeding), which spares the first one."""
     n_components = centers.shape[0]
     for i in range(n_iter):
-        labels = _hard_assign(xp, points, centers)
+        if i > 0 or labels is None:
+            labels = _hard_assign(xp, points, centers)
         if i == n_iter - 1 and not update_last:
             break  # the caller needs the assignment only
         one_hot = _one_hot(xp, labels, n_components, points.dtype)
         counts, sums = _allreduce(xp, reducer, one_hot.sum(axis=0),
-                                  (points.T @ one_hot).T)
+                                  one_hot.T @ points)
         centers = xp.where(counts[:, None] > 0,
                            sums / xp.maximum(counts, 1)[:, None], centers)
     return centers, labels
@@ -573,7 +611,8 @@ def fit_gmm(points, n_components, kmeans_iters=1, em_iters=1, n_trials=None,
                 (n_components, points.shape[1]), centers.shape))
     mixture, log_resp = _fit_gmm(
         xp, points, n_components, kmeans_iters, em_iters, n_trials,
-        sample_ratio, min_weight, reg_covar, rng, centers, reducer)
+        sample_ratio, min_weight, reg_covar, rng, centers, reducer,
+        need_posterior=return_posterior)
     if return_posterior:
         return mixture, xp.exp(log_resp)
     return mixture
@@ -581,8 +620,15 @@ def fit_gmm(points, n_components, kmeans_iters=1, em_iters=1, n_trials=None,
 
 def _fit_gmm(xp, points, n_components, kmeans_iters, em_iters, n_trials,
              sample_ratio, min_weight, reg_covar, rng, centers=None,
-             reducer=None):
-    m, d = points.shape
+             reducer=None, need_posterior=True):
+    """The fit of :func:`fit_gmm` on validated input.
+
+    Returns:
+        tuple: The pruned mixture and the ``(m, K_eff)`` log posterior of
+        every point, or None in its place when neither ``need_posterior``
+        nor pruning (``min_weight > 0``) calls for that last pass.
+    """
+    m = points.shape[0]
     # With a reducer the workers share `rng` (same seed, same draws: the
     # seeding is the same everywhere) and draw their local subsamples from
     # a per-worker stream, split off `rng` only where a subsample is drawn
@@ -610,49 +656,169 @@ def _fit_gmm(xp, points, n_components, kmeans_iters, em_iters, n_trials,
                               xp.full(1, m, points.dtype))
     _check_finite(xp, points, total)
     shift = total / count
-    # [x, x^2] side by side: every M-step (and E-step on NumPy) is then one
-    # matrix product over the points.
-    augmented = _augment(xp, sample, shift)
-    x = augmented[:, :d]
-    if xp is not numpy:
-        x = xp.ascontiguousarray(x)  # the fused kernels read whole rows
+    x = sample - shift
+    blocks = _RowBlocks(xp, x)
 
+    labels = None
     if centers is None:
         seed_points = x if reducer is None else _gather_points(
             xp, x, reducer, local_rng, int(_to_numpy(count)[0]))
-        centers, _ = _kmeans_plusplus(
-            xp, seed_points, n_components, n_trials, rng,
-            augmented[:, d:].sum(axis=1) if seed_points is x else None)
+        centers, _, seed_labels = _kmeans_plusplus(
+            xp, seed_points, n_components, n_trials, rng)
+        if seed_points is x:
+            labels = seed_labels  # the assignment to the seeds
     else:
         centers = centers - shift
     # The mixture starts from the last assignment's clusters, so the last
     # Lloyd iteration's centre update would go unused.
     _, labels = _kmeans(xp, x, centers, max(kmeans_iters, 1), reducer,
-                        update_last=False)
-    resp = _one_hot(xp, labels, n_components, x.dtype)
-    mixture = _m_step(xp, x, resp, reg_covar, augmented=augmented,
-                      reducer=reducer)
+                        update_last=False, labels=labels)
+    mixture = _m_step_pass(
+        xp, blocks, lambda rows, xb, augmented: _one_hot(
+            xp, labels[rows], n_components, x.dtype), reg_covar, reducer)
     for _ in range(em_iters):
-        log_resp, _ = _e_step(xp, x, mixture, augmented=augmented)
-        mixture = _m_step(xp, x, xp.exp(log_resp), reg_covar,
-                          augmented=augmented, reducer=reducer)
+        mixture = _m_step_pass(xp, blocks, _responsibilities(xp, mixture),
+                               reg_covar, reducer)
 
-    if sample is not points:
-        augmented = _augment(xp, points, shift)
-        x = augmented[:, :d]
-    log_resp, _ = _e_step(xp, x, mixture, augmented=augmented)
-    mixture, log_resp = _prune(xp, mixture, log_resp, min_weight, reducer)
+    log_resp = None
+    if need_posterior or min_weight > 0:
+        if sample is not points:
+            blocks = _RowBlocks(xp, points - shift)
+        log_resp = _log_posterior_pass(xp, blocks, mixture)
+        mixture, log_resp = _prune(xp, mixture, log_resp, min_weight,
+                                   reducer)
     return mixture._replace(means=mixture.means + shift), log_resp
 
 
-def _augment(xp, points, shift):
-    """``[points - shift, (points - shift)^2]``, shape ``(m, 2d)``."""
-    d = points.shape[1]
-    augmented = xp.empty((points.shape[0], 2 * d), dtype=points.dtype)
-    x = augmented[:, :d]
-    xp.subtract(points, shift, out=x)
+def _augment(xp, x):
+    """``[x, x^2]``, shape ``(m, 2d)``."""
+    d = x.shape[1]
+    augmented = xp.empty((x.shape[0], 2 * d), dtype=x.dtype)
+    augmented[:, :d] = x
     xp.multiply(x, x, out=augmented[:, d:])
     return augmented
+
+
+#: Bytes of one row block of ``[x, x^2]`` in the NumPy passes of
+#: :func:`fit_gmm` (see :class:`_RowBlocks`).
+BLOCK_BYTES = 2 ** 19
+
+
+class _RowBlocks(object):
+
+    """The centred points in row blocks of ``[x, x^2]``, one pass at a time.
+
+    A pass (the M-step from the clusters, each E-step with the M-step that
+    follows it, the final posterior) visits every block once.  With NumPy a
+    block of about :data:`BLOCK_BYTES` is built in one reused buffer, so
+    that the E-step and the M-step of a block read it from the cache and no
+    ``(m, 2d)`` array is ever allocated; with CuPy (and for small NumPy
+    inputs) there is a single block, built once and kept.
+
+    Iterating yields ``(rows, x[rows], augmented)`` with ``augmented =
+    [x[rows], x[rows] ** 2]``, valid until the next block.
+    """
+
+    def __init__(self, xp, x):
+        self.xp = xp
+        self.x = x
+        m, d = x.shape
+        self.block_rows = m
+        if xp is numpy:
+            self.block_rows = max(
+                1, BLOCK_BYTES // (2 * d * x.dtype.itemsize))
+        self._whole = None
+
+    def __iter__(self):
+        xp, x = self.xp, self.x
+        m, d = x.shape
+        if self.block_rows >= m:
+            if self._whole is None:
+                self._whole = _augment(xp, x)
+            yield slice(0, m), x, self._whole
+            return
+        buf = xp.empty((self.block_rows, 2 * d), dtype=x.dtype)
+        for start in range(0, m, self.block_rows):
+            rows = slice(start, min(start + self.block_rows, m))
+            block = x[rows]
+            augmented = buf[:block.shape[0]]
+            augmented[:, :d] = block
+            xp.multiply(block, block, out=augmented[:, d:])
+            yield rows, block, augmented
+
+
+def _m_step_pass(xp, blocks, resp_of, reg_covar, reducer=None):
+    """M-step over a pass: ``resp_of(rows, x, augmented)`` gives the
+    ``(rows, K)`` responsibilities of a block (one-hot clusters, or an
+    E-step: :func:`_responsibilities`)."""
+    nk = sums = None
+    for rows, x, augmented in blocks:
+        block_nk, block_sums = _weighted_sums(
+            xp, augmented, resp_of(rows, x, augmented))
+        if nk is None:
+            nk, sums = block_nk, block_sums
+        else:
+            nk += block_nk
+            sums += block_sums
+    nk, sums = _allreduce(xp, reducer, nk, sums)
+    nk, means, variances = _gaussians_from_sums(xp, nk, sums, reg_covar)
+    return Mixture(nk / nk.sum(), means, variances)
+
+
+def _log_resp_of_blocks(xp, mixture):
+    """E-step for the blocks of a pass: ``log_resp_of(x, augmented)`` gives
+    the ``(rows, K)`` log responsibilities of a block under ``mixture`` (the
+    Gaussian terms are computed once per pass)."""
+    log_weights = _log(xp, mixture.weights)
+    precisions = 1 / mixture.variances
+    terms = None if _use_kernels(xp) else _gaussian_terms(
+        xp, log_weights, mixture.means, precisions)
+
+    def log_resp_of(x, augmented):
+        return _estimate_log_resp(xp, x, log_weights, mixture.means,
+                                  precisions, augmented=augmented,
+                                  terms=terms)[0]
+    return log_resp_of
+
+
+def _responsibilities(xp, mixture):
+    """``resp_of(rows, x, augmented)`` of an E-step, for
+    :func:`_m_step_pass`.
+
+    With NumPy the responsibilities are the softmax of the log-densities
+    (max subtracted, exponentiated in place, divided by the row sums): the
+    same numbers as ``exp(log_resp)`` in half the array operations, which
+    count on small blocks.
+    """
+    if _use_kernels(xp):
+        log_resp_of = _log_resp_of_blocks(xp, mixture)
+        return lambda rows, x, augmented: xp.exp(log_resp_of(x, augmented))
+    coef, const = _gaussian_terms(xp, _log(xp, mixture.weights),
+                                  mixture.means, 1 / mixture.variances)
+
+    def resp_of(rows, x, augmented):
+        resp = augmented @ coef
+        resp += const
+        resp -= resp.max(axis=1, keepdims=True)
+        numpy.exp(resp, out=resp)
+        resp /= resp.sum(axis=1, keepdims=True)
+        return resp
+    return resp_of
+
+
+def _log_posterior_pass(xp, blocks, mixture):
+    """Log responsibilities ``(m, K)`` of every point under ``mixture``."""
+    log_resp_of = _log_resp_of_blocks(xp, mixture)
+    log_resp = None
+    for rows, x, augmented in blocks:
+        block = log_resp_of(x, augmented)
+        if rows.stop - rows.start == blocks.x.shape[0]:
+            return block
+        if log_resp is None:
+            log_resp = xp.empty((blocks.x.shape[0], block.shape[1]),
+                                dtype=block.dtype)
+        log_resp[rows] = block
+    return log_resp
 
 
 def _prune(xp, mixture, log_resp, min_weight, reducer=None):

@@ -271,6 +271,119 @@ def test_kmeans_plusplus_potential_no_worse_than_sklearn(xp):
     assert m_uni - m_ref > 3 * math.hypot(se_uni, se_ref), (m_uni, m_ref)
 
 
+# ---------------------------------------------------------------------------
+# The whole fit against a step-by-step reference
+
+
+def _reference_fit(points, centers, kmeans_iters, em_iters, reg_covar):
+    """``fit_gmm``'s steps written independently (float64): Lloyd by direct
+    distances (an empty cluster keeps its centre), the clusters' shares,
+    means and variances, then scikit-learn's GaussianMixture for the EM
+    iterations."""
+    from sklearn import exceptions as sk_exceptions
+    from sklearn import mixture as sk_mixture
+    k = centers.shape[0]
+    for i in range(max(kmeans_iters, 1)):
+        d2 = ((points[:, None, :] - centers[None]) ** 2).sum(axis=2)
+        labels = d2.argmin(axis=1)
+        if i == max(kmeans_iters, 1) - 1:
+            break
+        centers = numpy.stack([
+            points[labels == j].mean(axis=0) if (labels == j).any()
+            else centers[j] for j in range(k)])
+    weights = numpy.array([(labels == j).mean() for j in range(k)])
+    means = numpy.stack([points[labels == j].mean(axis=0) for j in range(k)])
+    variances = numpy.stack([points[labels == j].var(axis=0)
+                             for j in range(k)]) + reg_covar
+    if em_iters == 0:
+        return gmm.Mixture(weights, means, variances)
+    model = sk_mixture.GaussianMixture(
+        n_components=k, covariance_type='diag', max_iter=em_iters, tol=0,
+        reg_covar=reg_covar, weights_init=weights, means_init=means,
+        precisions_init=1 / variances, init_params='random_from_data',
+        random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', sk_exceptions.ConvergenceWarning)
+        model.fit(points)
+    return gmm.Mixture(model.weights_, model.means_, model.covariances_)
+
+
+@pytest.mark.parametrize('kmeans_iters,em_iters', [(1, 1), (0, 2), (2, 1),
+                                                   (4, 4)])
+@pytest.mark.parametrize('seeded', [False, True])
+def test_fit_matches_step_by_step_reference(xp, kmeans_iters, em_iters,
+                                            seeded):
+    """``fit_gmm`` (no pruning) equals its steps done independently, from
+    given centres or from its own K-means++ seeds (whose nearest-seed
+    labels the fit reuses as the first Lloyd assignment)."""
+    _sklearn_or_skip()
+    rs = numpy.random.RandomState(21)
+    truth = _random_mixture(rs, 3, 7, spread=2.0)
+    points, _ = _sample(rs, truth, [300, 250, 150])
+    points += 40.0  # far from the origin: the fit centres the points
+    x = xp.asarray(points)
+    if seeded:
+        centers = _host(gmm.kmeans_plusplus(x, 3, rng=5)[0])
+        fit_centers = None
+    else:
+        centers = points[rs.choice(700, 3, replace=False)]
+        fit_centers = xp.asarray(centers)
+    ours = _host_mixture(gmm.fit_gmm(
+        x, 3, kmeans_iters=kmeans_iters, em_iters=em_iters, min_weight=0,
+        reg_covar=1e-4, rng=5, centers=fit_centers))
+    ref = _reference_fit(points, centers, kmeans_iters, em_iters, 1e-4)
+    numpy.testing.assert_allclose(ours.weights, ref.weights, rtol=1e-8)
+    numpy.testing.assert_allclose(ours.means, ref.means, rtol=1e-8)
+    numpy.testing.assert_allclose(ours.variances, ref.variances, rtol=1e-7)
+
+
+def test_seeding_labels_are_the_nearest_seed():
+    """The labels K-means++ tracks equal a direct nearest-seed assignment."""
+    rs = numpy.random.RandomState(22)
+    points = rs.randn(500, 6) * rs.uniform(0.5, 2, size=6)
+    centers, indices, labels = gmm._kmeans_plusplus(
+        numpy, points, 5, 3, numpy.random.RandomState(0))
+    d2 = ((points[:, None, :] - centers[None]) ** 2).sum(axis=2)
+    numpy.testing.assert_array_equal(labels, d2.argmin(axis=1))
+    numpy.testing.assert_array_equal(labels[indices], numpy.arange(5))
+
+
+@pytest.mark.parametrize('dtype', [numpy.float32, numpy.float64])
+@pytest.mark.parametrize('sample_ratio', [1.0, 0.6])
+def test_row_blocks_give_the_same_fit(monkeypatch, dtype, sample_ratio):
+    """Many small row blocks (a ragged last one included) give the fit and
+    the posterior of a single block."""
+    rs = numpy.random.RandomState(23)
+    points, _ = _sample(rs, _random_mixture(rs, 4, 9), [200, 150, 80, 71])
+    points = points.astype(dtype)
+    kwargs = dict(kmeans_iters=2, em_iters=3, sample_ratio=sample_ratio,
+                  min_weight=0.05, return_posterior=True)
+    whole, tau_whole = gmm.fit_gmm(points, 4, rng=3, **kwargs)
+    # 8 rows per block: 501 points -> 62 full blocks and one of 5 rows.
+    monkeypatch.setattr(gmm, 'BLOCK_BYTES',
+                        8 * 2 * 9 * numpy.dtype(dtype).itemsize)
+    assert gmm._RowBlocks(numpy, points).block_rows == 8
+    blocked, tau_blocked = gmm.fit_gmm(points, 4, rng=3, **kwargs)
+    rtol = 1e-4 if dtype == numpy.float32 else 1e-10
+    assert blocked.n_components == whole.n_components
+    for a, b in zip(blocked, whole):
+        numpy.testing.assert_allclose(a, b, rtol=rtol, atol=rtol)
+    numpy.testing.assert_allclose(tau_blocked, tau_whole, rtol=rtol,
+                                  atol=rtol)
+
+
+def test_fit_without_posterior_is_the_same_fit():
+    """Without a posterior to return or components to prune, the fit skips
+    its last pass and returns the same mixture."""
+    rs = numpy.random.RandomState(24)
+    points, _ = _sample(rs, _random_mixture(rs, 3, 5), [100, 80, 60])
+    with_tau, _ = gmm.fit_gmm(points, 3, rng=1, min_weight=0,
+                              return_posterior=True)
+    without = gmm.fit_gmm(points, 3, rng=1, min_weight=0)
+    for a, b in zip(without, with_tau):
+        numpy.testing.assert_array_equal(a, b)
+
+
 def test_same_seed_same_result_different_seed_differs(xp):
     rs = numpy.random.RandomState(4)
     # One unstructured blob: the fit depends on the seeding.
