@@ -127,8 +127,9 @@ def fit_sklearn(points, n_components, seed, reg_covar, lloyd='assign'):
 
 
 def fit_ours(points, n_components, rng, reg_covar, min_weight=0.0,
-             return_posterior=False):
-    return gmm.fit_gmm(points, n_components, kmeans_iters=1, em_iters=1,
+             return_posterior=False, kmeans_iters=1):
+    return gmm.fit_gmm(points, n_components, kmeans_iters=kmeans_iters,
+                       em_iters=1,
                        sample_ratio=1.0, min_weight=min_weight,
                        reg_covar=reg_covar, rng=rng,
                        return_posterior=return_posterior)
@@ -321,6 +322,7 @@ def main(argv=None):
     if args.skip_sklearn and args.device != 'cupy':
         parser.error('--skip-sklearn is for --device cupy')
 
+    kmeans_iters = 2 if args.sklearn_lloyd == 'kmeans' else 1
     cupy = _get_cupy() if args.device == 'cupy' else None
     xp = cupy if cupy is not None else numpy
     timer = _CUDATimer(cupy) if cupy is not None else _CPUTimer()
@@ -379,7 +381,8 @@ def main(argv=None):
                     x = xp.asarray(points64.astype(t))
                     sides.append(_Side(
                         functools.partial(fit_ours, x, k,
-                                          reg_covar=args.reg_covar),
+                                          reg_covar=args.reg_covar,
+                                          kmeans_iters=kmeans_iters),
                         timer, ours_ll, prepare=xp.random.RandomState))
                 if not args.skip_sklearn:
                     sides.append(_Side(
