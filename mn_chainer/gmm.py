@@ -219,10 +219,16 @@ def _candidate_d2(xp, points, candidates, closest_d2, points_sq=None):
         return kernels.kmeanspp_candidate_d2(points, candidates, closest_d2)
     if points_sq is None:
         points_sq = _row_norms_sq(xp, points)
-    # One matrix-vector product per candidate, stacked in one call: BLAS
-    # streams the points at memory speed in a product with one column,
-    # where a product with a few columns runs at a third of it.
-    d2 = xp.matmul(points, candidates[:, :, None])[:, :, 0]
+    # One matrix-vector product per candidate: BLAS streams the points at
+    # memory speed in a product with one column, where a product with a few
+    # columns runs at a third of it.  Chunks of rows of about
+    # 2 * BLOCK_BYTES stay in cache from one candidate to the next.
+    m, d = points.shape
+    d2 = xp.empty((candidates.shape[0], m), dtype=points.dtype)
+    rows = max(1, 4 * BLOCK_BYTES // (d * points.dtype.itemsize))
+    for start in range(0, m, rows):
+        xp.matmul(points[start:start + rows], candidates[:, :, None],
+                  out=d2[:, start:start + rows, None])
     d2 *= -2
     d2 += points_sq[None, :]
     d2 += (candidates * candidates).sum(axis=1)[:, None]
