@@ -721,3 +721,26 @@ def test_posterior_and_log_likelihood_float32_far_from_origin():
     numpy.testing.assert_allclose(
         gmm.log_likelihood(x.astype(numpy.float32), mixture),
         gmm.log_likelihood(x, mixture), rtol=1e-3)
+
+
+@pytest.mark.parametrize('dtype', [numpy.float32, numpy.float64])
+def test_posterior_has_no_subnormal_numbers(xp, dtype):
+    """Posteriors below the smallest normal float come back as zero (not
+    as slow subnormal numbers), and differ from ``exp`` by less than it."""
+    truth = gmm.Mixture(numpy.array([0.5, 0.5]),
+                        numpy.array([[0.] * 4, [60.] * 4]), numpy.ones((2, 4)))
+    # Points between the two means: log posteriors from 0 to about -7000,
+    # through the subnormal range of both dtypes.
+    points = numpy.repeat(numpy.linspace(-5, 65, 700)[:, None], 4, axis=1)
+    x = xp.asarray(points.astype(dtype))
+    mixture = gmm.Mixture(*(xp.asarray(a.astype(dtype)) for a in truth))
+    tiny = numpy.finfo(dtype).tiny
+    log_resp = _host(gmm._e_step(xp, *gmm.centre(x, mixture))[0])
+    exact = numpy.exp(log_resp.astype(numpy.float64))
+    # The premise: a plain exp would give subnormal numbers here.
+    assert ((exact > 0) & (exact < tiny)).any()
+    for tau in (_host(gmm.posterior(x, mixture)),
+                _host(gmm.fit_gmm(x, 2, rng=0, return_posterior=True)[1])):
+        assert not ((tau != 0) & (numpy.abs(tau) < tiny)).any()
+    tau = _host(gmm.posterior(x, mixture))
+    numpy.testing.assert_allclose(tau, exact, rtol=1e-5, atol=tiny)

@@ -396,7 +396,7 @@ class MixtureNormalization(link.Link):
             mixture = gmm.Mixture(weights[entry], means[entry] - shift,
                                   variances[entry] + self.eps)
             log_resp.append(gmm._e_step(xp, points, mixture)[0])
-        resp = xp.exp(xp.stack(log_resp, axis=1))  # (m, L, K)
+        resp = gmm._exp_normal(xp, xp.stack(log_resp, axis=1))  # (m, L, K)
         present = weights > 0
         scale = xp.where(present, 1 / xp.sqrt(xp.where(present, weights, 1)),
                          0)
