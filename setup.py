@@ -2,6 +2,19 @@
 import setuptools
 
 
+# The fused CPU kernels of the mixture fit (mn_chainer/cpu_kernels.py loads
+# them with ctypes).  Optional: without a C compiler the package installs
+# and mn_chainer.gmm runs its NumPy path.
+cpu_kernels = setuptools.Extension(
+    'mn_chainer._cpu_kernels',
+    sources=['mn_chainer/_cpu_kernels.c'],
+    depends=['mn_chainer/_cpu_kernels_impl.h'],
+    extra_compile_args=['-O3', '-std=c99', '-fopenmp-simd',
+                        '-ffp-contract=fast'],
+    optional=True,
+)
+
+
 setuptools.setup(
     name='mn-chainer',
     version='0.1.0',
@@ -12,6 +25,7 @@ setuptools.setup(
     packages=setuptools.find_packages(include=['mn_chainer', 'mn_chainer.*',
                                                'models', 'models.*']),
     py_modules=['train_cifar', 'train_dcgan'],
+    ext_modules=[cpu_kernels],
     package_data={'mn_chainer': ['data/*.json']},
     python_requires='>=3.10',
     install_requires=[

@@ -204,19 +204,33 @@ def _use_kernels(xp):
     return xp is not numpy
 
 
+def _cpu_kernels(xp, x):
+    """:mod:`mn_chainer.cpu_kernels` where its C kernels can run the passes
+    over the NumPy points ``x`` (built, not disabled, float32 or float64,
+    C-contiguous), else None (the NumPy code below runs)."""
+    if (xp is not numpy or x.dtype.char not in 'fd'
+            or not x.flags.c_contiguous):
+        return None
+    from mn_chainer import cpu_kernels
+    return cpu_kernels if cpu_kernels.available() else None
+
+
 def _candidate_d2(xp, points, candidates, closest_d2, points_sq=None):
     """Squared distance to the nearest centre if ``candidates[t]`` is added.
 
     Returns an array of shape ``(T, m)``:
     ``min(closest_d2[i], ||points[i] - candidates[t]||^2)``.  The NumPy path
     uses the expansion ``|x|^2 - 2 x.c + |c|^2`` (one matrix product),
-    clipped at zero where rounding makes it negative; the CUDA twin
-    (:func:`mn_chainer.kernels.kmeanspp_candidate_d2`) sums direct
-    differences.
+    clipped at zero where rounding makes it negative; the CUDA and C twins
+    (:func:`mn_chainer.kernels.kmeanspp_candidate_d2`,
+    :func:`mn_chainer.cpu_kernels.candidate_d2`) sum direct differences.
     """
     if _use_kernels(xp):
         from mn_chainer import kernels
         return kernels.kmeanspp_candidate_d2(points, candidates, closest_d2)
+    cpu = _cpu_kernels(xp, points)
+    if cpu is not None:
+        return cpu.candidate_d2(points, candidates, closest_d2)
     if points_sq is None:
         points_sq = _row_norms_sq(xp, points)
     # One matrix-vector product per candidate: BLAS streams the points at
@@ -396,8 +410,12 @@ def kmeans_plusplus(points, n_components, n_trials=None, rng=None):
 
 
 def _kmeans_plusplus(xp, points, n_components, n_trials, rng,
-                     points_sq_sum=None):
+                     points_sq_sum=None, first=None, first_d2=None):
     """Greedy K-means++; also returns the nearest seed of every point.
+
+    ``first`` (the index of the first centre, drawn from ``rng`` by the
+    caller) and ``first_d2`` (the squared distances to it), if given, spare
+    the first draw and pass.
 
     Returns:
         tuple: ``centers (K, d)``, ``indices (K,)`` and ``labels (m,)``, the
@@ -406,14 +424,18 @@ def _kmeans_plusplus(xp, points, n_components, n_trials, rng,
         it for free.
     """
     m = points.shape[0]
-    if points_sq_sum is None and not _use_kernels(xp):
+    if (points_sq_sum is None and not _use_kernels(xp)
+            and _cpu_kernels(xp, points) is None):
         points_sq_sum = _row_norms_sq(xp, points)
     indices = xp.empty(n_components, dtype=numpy.int64)
-    first = rng.randint(0, m, size=1).astype(numpy.int64)
+    if first is None:
+        first = rng.randint(0, m, size=1).astype(numpy.int64)
     indices[0:1] = first
-    closest_d2 = xp.ascontiguousarray(_candidate_d2(
-        xp, points, points[first], xp.full(m, numpy.inf, points.dtype),
-        points_sq_sum)[0])
+    if first_d2 is None:
+        first_d2 = _candidate_d2(
+            xp, points, points[first], xp.full(m, numpy.inf, points.dtype),
+            points_sq_sum)[0]
+    closest_d2 = xp.ascontiguousarray(first_d2)
     labels = xp.zeros(m, dtype=numpy.int64)
     for c in range(1, n_components):
         cumulative = xp.cumsum(closest_d2)
@@ -671,42 +693,55 @@ def _fit_gmm(xp, points, n_components, kmeans_iters, em_iters, n_trials,
     # Fit centred points (a diagonal mixture is translation invariant):
     # E[x^2] - mu^2 and the distance expansions cancel catastrophically in
     # float32 when |mean| >> sd.
-    # Column sums as a product with a vector of ones: BLAS streams the
-    # points at memory speed, twice as fast as a NumPy reduction here.
-    total, count = _allreduce(xp, reducer,
-                              xp.ones(m, dtype=points.dtype) @ points,
+    passes_type = (_ArrayPasses if _cpu_kernels(xp, points) is None
+                   else _KernelPasses)
+    first = first_d2 = None
+    if (passes_type is _KernelPasses and centers is None and reducer is None
+            and sample is points):
+        # K-means++'s first centre is drawn now (its draw comes first in
+        # any case), so that its distances come with the column sums.
+        first = rng.randint(0, m, size=1).astype(numpy.int64)
+        column_sums, first_d2 = _KernelPasses.column_sums(
+            xp, points, points[first[0]])
+    else:
+        column_sums = passes_type.column_sums(xp, points)
+    total, count = _allreduce(xp, reducer, column_sums,
                               xp.full(1, m, points.dtype))
     _check_finite(xp, points, total)
     shift = total / count
-    x = sample - shift
-    blocks = _RowBlocks(xp, x)
+    passes = passes_type(xp, sample, shift)
 
     labels = None
     if centers is None:
-        seed_points = x if reducer is None else _gather_points(
-            xp, x, reducer, local_rng, int(_to_numpy(count)[0]))
+        if reducer is None:
+            # K-means++ does not depend on the origin: each kind of pass
+            # gives the points (and their origin) it seeds best on.
+            seed_points, seed_origin = passes.seed_points()
+        else:
+            seed_points, seed_origin = _gather_points(
+                xp, passes.x, reducer, local_rng, int(_to_numpy(count)[0])), 0
         centers, _, seed_labels = _kmeans_plusplus(
-            xp, seed_points, n_components, n_trials, rng)
-        if seed_points is x:
+            xp, seed_points, n_components, n_trials, rng, first=first,
+            first_d2=first_d2)
+        centers = centers - seed_origin
+        if reducer is None:
             labels = seed_labels  # the assignment to the seeds
     else:
         centers = centers - shift
-    # The mixture starts from the last assignment's clusters, so the last
-    # Lloyd iteration's centre update would go unused.
-    _, labels = _kmeans(xp, x, centers, max(kmeans_iters, 1), reducer,
-                        update_last=False, labels=labels)
-    mixture = _m_step_pass(
-        xp, blocks, lambda rows, xb, augmented: _one_hot(
-            xp, labels[rows], n_components, x.dtype), reg_covar, reducer)
+    if kmeans_iters > 1 or labels is None:
+        # The mixture starts from the last assignment's clusters, so the
+        # last Lloyd iteration's centre update would go unused.
+        _, labels = _kmeans(xp, passes.x, centers, max(kmeans_iters, 1),
+                            reducer, update_last=False, labels=labels)
+    mixture = passes.cluster_m_step(labels, n_components, reg_covar, reducer)
     for _ in range(em_iters):
-        mixture = _m_step_pass(xp, blocks, _responsibilities(xp, mixture),
-                               reg_covar, reducer)
+        mixture = passes.em_step(mixture, reg_covar, reducer)
 
     log_resp = None
     if need_posterior or min_weight > 0:
         if sample is not points:
-            blocks = _RowBlocks(xp, points - shift)
-        log_resp = _log_posterior_pass(xp, blocks, mixture)
+            passes = passes_type(xp, points, shift)
+        log_resp = passes.log_posterior(mixture)
         mixture, log_resp = _prune(xp, mixture, log_resp, min_weight,
                                    reducer)
     return mixture._replace(means=mixture.means + shift), log_resp
@@ -769,6 +804,12 @@ class _RowBlocks(object):
             yield rows, block, augmented
 
 
+def _mixture_from_sums(xp, nk, sums, reg_covar, reducer=None):
+    nk, sums = _allreduce(xp, reducer, nk, sums)
+    nk, means, variances = _gaussians_from_sums(xp, nk, sums, reg_covar)
+    return Mixture(nk / nk.sum(), means, variances)
+
+
 def _m_step_pass(xp, blocks, resp_of, reg_covar, reducer=None):
     """M-step over a pass: ``resp_of(rows, x, augmented)`` gives the
     ``(rows, K)`` responsibilities of a block (one-hot clusters, or an
@@ -782,9 +823,7 @@ def _m_step_pass(xp, blocks, resp_of, reg_covar, reducer=None):
         else:
             nk += block_nk
             sums += block_sums
-    nk, sums = _allreduce(xp, reducer, nk, sums)
-    nk, means, variances = _gaussians_from_sums(xp, nk, sums, reg_covar)
-    return Mixture(nk / nk.sum(), means, variances)
+    return _mixture_from_sums(xp, nk, sums, reg_covar, reducer)
 
 
 def _log_resp_of_blocks(xp, mixture):
@@ -835,19 +874,115 @@ def _responsibilities(xp, mixture):
     return resp_of
 
 
-def _log_posterior_pass(xp, blocks, mixture):
-    """Log responsibilities ``(m, K)`` of every point under ``mixture``."""
-    log_resp_of = _log_resp_of_blocks(xp, mixture)
-    log_resp = None
-    for rows, x, augmented in blocks:
-        block = log_resp_of(x, augmented)
-        if rows.stop - rows.start == blocks.x.shape[0]:
-            return block
-        if log_resp is None:
-            log_resp = xp.empty((blocks.x.shape[0], block.shape[1]),
-                                dtype=block.dtype)
-        log_resp[rows] = block
-    return log_resp
+class _ArrayPasses(object):
+
+    """The passes of a fit over its points, with array operations.
+
+    The points are centred once (``x = points - shift``); every pass (the
+    M-step from hard clusters, an E-step with the M-step that follows it,
+    the log posterior) runs on the row blocks of :class:`_RowBlocks`.  This
+    is the NumPy reference of :class:`_KernelPasses` and the CuPy path (one
+    block, fused CUDA E-step).
+    """
+
+    def __init__(self, xp, points, shift):
+        self.xp = xp
+        self.x = points - shift
+        self.blocks = _RowBlocks(xp, self.x)
+
+    @staticmethod
+    def column_sums(xp, points):
+        # A product with a vector of ones: BLAS streams the points at
+        # memory speed, twice as fast as a NumPy reduction here.
+        return xp.ones(points.shape[0], dtype=points.dtype) @ points
+
+    def seed_points(self):
+        """The points K-means++ runs on and their origin: the centred
+        points (the NumPy distances expand ``|x - c|^2``)."""
+        return self.x, 0
+
+    def cluster_m_step(self, labels, n_components, reg_covar, reducer=None):
+        """The mixture of the hard clusters ``labels``."""
+        xp = self.xp
+        return _m_step_pass(
+            xp, self.blocks, lambda rows, x, augmented: _one_hot(
+                xp, labels[rows], n_components, x.dtype), reg_covar, reducer)
+
+    def em_step(self, mixture, reg_covar, reducer=None):
+        """One EM iteration (E-step, then M-step) from ``mixture``."""
+        return _m_step_pass(self.xp, self.blocks,
+                            _responsibilities(self.xp, mixture), reg_covar,
+                            reducer)
+
+    def log_posterior(self, mixture):
+        """Log responsibilities ``(m, K)`` of every point."""
+        xp, blocks = self.xp, self.blocks
+        log_resp_of = _log_resp_of_blocks(xp, mixture)
+        log_resp = None
+        for rows, x, augmented in blocks:
+            block = log_resp_of(x, augmented)
+            if rows.stop - rows.start == self.x.shape[0]:
+                return block
+            if log_resp is None:
+                log_resp = xp.empty((self.x.shape[0], block.shape[1]),
+                                    dtype=block.dtype)
+            log_resp[rows] = block
+        return log_resp
+
+
+class _KernelPasses(object):
+
+    """The passes of :class:`_ArrayPasses` with the C kernels of
+    :mod:`mn_chainer.cpu_kernels` (NumPy, where they are built).
+
+    Each pass reads the points once, as given, and centres every row in the
+    cache: no centred copy is written, except for what needs one (Lloyd
+    iterations after the first assignment, data-parallel seeding).
+    """
+
+    def __init__(self, xp, points, shift):
+        from mn_chainer import cpu_kernels
+        self.kernels = cpu_kernels
+        self.xp = xp
+        self.points = points
+        self.shift = shift
+        self._x = None
+
+    @property
+    def x(self):
+        """The centred points (computed on first use)."""
+        if self._x is None:
+            self._x = self.points - self.shift
+        return self._x
+
+    @staticmethod
+    def column_sums(xp, points, first=None):
+        from mn_chainer import cpu_kernels
+        return cpu_kernels.column_sums(points, first)
+
+    def seed_points(self):
+        """The points as given: the C distances are direct differences."""
+        return self.points, self.shift
+
+    def _terms(self, mixture):
+        return _gaussian_terms(self.xp, _log(self.xp, mixture.weights),
+                               mixture.means, 1 / mixture.variances)
+
+    def cluster_m_step(self, labels, n_components, reg_covar, reducer=None):
+        return _mixture_from_sums(
+            self.xp, *self.kernels.cluster_sums(
+                self.points, self.shift, labels, n_components),
+            reg_covar=reg_covar, reducer=reducer)
+
+    def em_step(self, mixture, reg_covar, reducer=None):
+        return _mixture_from_sums(
+            self.xp, *self.kernels.em_sums(self.points, self.shift,
+                                           *self._terms(mixture)),
+            reg_covar=reg_covar, reducer=reducer)
+
+    def log_posterior(self, mixture):
+        return self.kernels.log_resp(self.points, self.shift,
+                                     *self._terms(mixture))
 
 
 def _prune(xp, mixture, log_resp, min_weight, reducer=None):

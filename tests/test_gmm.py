@@ -5,7 +5,8 @@ posterior, greedy K-means++), explicit loops (point layout) and the known
 truth of synthetic mixtures.  This file imports neither Chainer nor CuPy at
 module level: every test taking ``xp`` runs on NumPy and, where a CUDA GPU
 is present, again on CuPy (the fused-kernel path); the CuPy cases skip
-cleanly without a GPU.
+cleanly without a GPU.  NumPy runs twice: through the C kernels of
+:mod:`mn_chainer.cpu_kernels` where they are built, and without them.
 """
 import itertools
 import math
@@ -36,10 +37,16 @@ def _cupy_or_skip():
     return cupy
 
 
-@pytest.fixture(params=['numpy', pytest.param('cupy', marks=pytest.mark.gpu)])
-def xp(request):
-    """The array module under test (CuPy only where a GPU is present)."""
-    if request.param == 'numpy':
+@pytest.fixture(params=['numpy', 'numpy-array',
+                        pytest.param('cupy', marks=pytest.mark.gpu)])
+def xp(request, monkeypatch):
+    """The array module under test: NumPy (through the C kernels of
+    :mod:`mn_chainer.cpu_kernels` where they are built), NumPy with them
+    disabled (the array path, their reference), and CuPy where a GPU is
+    present."""
+    if request.param == 'numpy-array':
+        monkeypatch.setenv('MN_CHAINER_CPU_KERNELS', '0')
+    if request.param.startswith('numpy'):
         return numpy
     return _cupy_or_skip()
 
@@ -356,6 +363,7 @@ def test_row_blocks_give_the_same_fit(monkeypatch, dtype, sample_ratio):
     rs = numpy.random.RandomState(23)
     points, _ = _sample(rs, _random_mixture(rs, 4, 9), [200, 150, 80, 71])
     points = points.astype(dtype)
+    monkeypatch.setenv('MN_CHAINER_CPU_KERNELS', '0')  # the array path
     kwargs = dict(kmeans_iters=2, em_iters=3, sample_ratio=sample_ratio,
                   min_weight=0.05, return_posterior=True)
     whole, tau_whole = gmm.fit_gmm(points, 4, rng=3, **kwargs)

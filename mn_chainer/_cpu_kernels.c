@@ -1,0 +1,61 @@
+/*
+ * Fused CPU kernels of the mixture fit (mn_chainer.gmm on NumPy).
+ *
+ * Plain C99 (no Python or NumPy API in the kernels): the extension module
+ * below only exists so that setuptools builds and installs the shared
+ * library; mn_chainer/cpu_kernels.py loads it with ctypes, checks every
+ * argument and runs row ranges on several threads.  The kernels are
+ * instantiated for float and double from _cpu_kernels_impl.h.  On x86-64
+ * Linux with GCC 12 or later every kernel is compiled for AVX-512 (x86-64-v4),
+ * AVX2 + FMA (x86-64-v3) and the baseline, the one the CPU supports being
+ * picked when the library loads.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <math.h>
+#include <stdint.h>
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) \
+    && __GNUC__ >= 12 && defined(__linux__)
+/* x86-64-v4: AVX-512; v3: AVX2 + FMA.  Chosen by the CPU's features. */
+#define MN_CLONES \
+    __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", \
+                                 "default")))
+#else
+#define MN_CLONES
+#endif
+
+/* Rows per tile of the E-step and M-step kernels. */
+#define MN_TILE 4
+
+#define REAL float
+#define NAME(n) n##_f32
+#define EXP expf
+#define LOG logf
+#include "_cpu_kernels_impl.h"
+#undef REAL
+#undef NAME
+#undef EXP
+#undef LOG
+
+#define REAL double
+#define NAME(n) n##_f64
+#define EXP exp
+#define LOG log
+#include "_cpu_kernels_impl.h"
+#undef REAL
+#undef NAME
+#undef EXP
+#undef LOG
+
+static struct PyModuleDef mn_cpu_kernels_module = {
+    PyModuleDef_HEAD_INIT, "_cpu_kernels",
+    "Fused CPU kernels of mn_chainer.gmm (loaded with ctypes by "
+    "mn_chainer.cpu_kernels).",
+    -1, NULL, NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__cpu_kernels(void)
+{
+    return PyModule_Create(&mn_cpu_kernels_module);
+}

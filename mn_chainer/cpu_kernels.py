@@ -1,0 +1,297 @@
+"""Fused CPU kernels of the mixture fit (:mod:`mn_chainer.gmm` on NumPy).
+
+The passes of :func:`mn_chainer.gmm.fit_gmm` over the points, written in C
+(``mn_chainer/_cpu_kernels_impl.h``) so that each one reads a point once,
+does all its work on it while it is in the L1 cache, and runs on several
+cores.  NumPy's versions of the same passes are the references the tests
+compare against:
+
+==============================  ===========================================
+kernel (this module)            NumPy twin (:mod:`mn_chainer.gmm`)
+==============================  ===========================================
+:func:`column_sums`             ``ones @ points``
+:func:`candidate_d2`            ``_candidate_d2``
+:func:`cluster_sums`            ``_ArrayPasses.cluster_m_step``
+:func:`em_sums`                 ``_ArrayPasses.em_step``
+:func:`log_resp`                ``_ArrayPasses.log_posterior``
+==============================  ===========================================
+
+The kernels read the points as given and centre every row on the fly
+(``x = points - shift``, in the cache), so the fit never writes a centred
+copy of the point matrix.
+
+The library is the optional C extension ``mn_chainer._cpu_kernels``, built
+by ``pip install`` where a C compiler is present and loaded here with
+:mod:`ctypes` (which releases the GIL during each call).  Every function
+checks its arguments (dtype, shape, contiguity, label range) before calling
+C.  Rows are split into one contiguous range per thread; sums are
+accumulated per thread and added at the end.  :func:`available` is False
+where the extension is not built or ``MN_CHAINER_CPU_KERNELS=0`` is set;
+:mod:`mn_chainer.gmm` then runs its NumPy path.
+"""
+import concurrent.futures
+import ctypes
+import functools
+import math
+import os
+import threading
+
+import numpy
+
+
+#: Elements of the point matrix per thread below which a pass is not split
+#: further (waking a thread costs ~0.1 ms on the development machine):
+#: passes that compute much per element (E-step, K-means++ distances) and
+#: passes that mostly read (sums), where more threads gain little.
+MIN_ELEMENTS_PER_THREAD = {'compute': 1 << 19, 'read': 1 << 21}
+
+_SUFFIX = {numpy.dtype(numpy.float32): 'f32',
+           numpy.dtype(numpy.float64): 'f64'}
+_I64 = ctypes.c_int64
+_PTR = ctypes.c_void_p
+_SIGNATURES = {  # None: the floating type of the kernel
+    'mn_column_sums': (_PTR, _PTR, _PTR, _PTR, _I64, _I64, _I64),
+    'mn_candidate_d2': (_PTR, _PTR, _PTR, _PTR, _I64, _I64, _I64, _I64,
+                        _I64),
+    'mn_cluster_sums': (_PTR, _PTR, _PTR, _PTR, _PTR, _I64, _I64, _I64),
+    'mn_em_sums': (_PTR, _PTR, _PTR, _PTR, None, _PTR, _PTR, _PTR, _I64,
+                   _I64, _I64, _I64),
+    'mn_log_resp': (_PTR, _PTR, _PTR, _PTR, None, _PTR, _PTR, _I64, _I64,
+                    _I64, _I64),
+}
+_pool_lock = threading.Lock()
+_pools = {}
+
+
+@functools.lru_cache(maxsize=None)
+def _library():
+    try:
+        from mn_chainer import _cpu_kernels
+    except ImportError:
+        return None
+    lib = ctypes.CDLL(_cpu_kernels.__file__)
+    for name, argtypes in _SIGNATURES.items():
+        for suffix, real in (('f32', ctypes.c_float),
+                             ('f64', ctypes.c_double)):
+            fn = getattr(lib, '{}_{}'.format(name, suffix))
+            fn.argtypes = [real if a is None else a for a in argtypes]
+            fn.restype = None
+    return lib
+
+
+def available():
+    """Whether the C kernels are built and not disabled by the
+    ``MN_CHAINER_CPU_KERNELS=0`` environment variable."""
+    if os.environ.get('MN_CHAINER_CPU_KERNELS', '1') == '0':
+        return False
+    return _library() is not None
+
+
+def n_threads():
+    """Threads a pass may use: the CPUs this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _pool(workers):
+    with _pool_lock:
+        if workers not in _pools:
+            _pools[workers] = concurrent.futures.ThreadPoolExecutor(
+                workers, thread_name_prefix='mn_chainer_cpu')
+        return _pools[workers]
+
+
+def _ranges(m, d, kind='compute'):
+    """Contiguous row ranges, one per thread."""
+    parts = max(1, min(n_threads(), m * d // MIN_ELEMENTS_PER_THREAD[kind]))
+    return [(m * p // parts, m * (p + 1) // parts) for p in range(parts)]
+
+
+def _run(call, ranges):
+    """``call(part, r0, r1)`` for every range, the first on this thread."""
+    if len(ranges) == 1:
+        call(0, *ranges[0])
+        return
+    futures = [_pool(len(ranges) - 1).submit(call, p, *r)
+               for p, r in enumerate(ranges) if p]
+    call(0, *ranges[0])
+    for future in futures:
+        future.result()
+
+
+def _per_thread(parts, shape, dtype):
+    """Zeroed buffers of ``shape``, one per thread, at least one cache line
+    (64 bytes) apart: threads adding into neighbouring bytes of one line
+    would take the line from each other at every row."""
+    size = int(numpy.prod(shape))
+    pad = 128 // numpy.dtype(dtype).itemsize
+    block = numpy.zeros((parts, size + pad), dtype=dtype)
+    return [block[p, pad // 2:pad // 2 + size].reshape(shape)
+            for p in range(parts)]
+
+
+def _scratch_size(d, k):
+    return 8 * d + 4 * k  # 4 centred rows, their squares, 4 rows of K
+
+
+def _function(name, dtype):
+    return getattr(_library(), '{}_{}'.format(name, _SUFFIX[dtype]))
+
+
+def _addr(a):
+    return a.ctypes.data
+
+
+# ---------------------------------------------------------------------------
+# Argument checks (a wrong argument must never reach C)
+
+
+def _check_points(x):
+    if not isinstance(x, numpy.ndarray) or x.ndim != 2:
+        raise ValueError('points must be a 2-D NumPy array, got {!r}'
+                         .format(getattr(x, 'shape', type(x))))
+    if x.dtype not in _SUFFIX:
+        raise TypeError('points must be float32 or float64, got {}'
+                        .format(x.dtype))
+    if not x.flags.c_contiguous:
+        raise ValueError('points must be C-contiguous')
+    return x.shape
+
+
+def _as(name, a, dtype, shape):
+    """``a`` as a C-contiguous array of ``dtype``, checked for ``shape``."""
+    a = numpy.ascontiguousarray(a, dtype=dtype)
+    if a.shape != tuple(shape):
+        raise ValueError('{} must have shape {}, got {}'
+                         .format(name, tuple(shape), a.shape))
+    return a
+
+
+def _coefficients(coef, const, dtype, k, d):
+    """The E-step terms of ``gmm._gaussian_terms`` (``coef`` (2d, K)) as
+    one row of ``[x, x^2]`` coefficients per component."""
+    return (_as('coef', numpy.asarray(coef).T, dtype, (k, 2 * d)),
+            _as('const', const, dtype, (k,)))
+
+
+def _floor(dtype):
+    return 0.5 * math.log(numpy.finfo(dtype).tiny)
+
+
+# ---------------------------------------------------------------------------
+# Kernels
+
+
+def column_sums(points, first=None):
+    """The sums of the columns, shape ``(d,)``; with ``first`` (a point,
+    ``(d,)``), also ``|points[i] - first|^2`` of every row, read in the
+    same pass (K-means++'s distances to its first centre)."""
+    m, d = _check_points(points)
+    ranges = _ranges(m, d, 'read' if first is None else 'compute')
+    sums = _per_thread(len(ranges), (d,), points.dtype)
+    d2 = None
+    if first is not None:
+        first = _as('first', first, points.dtype, (d,))
+        d2 = numpy.empty(m, dtype=points.dtype)
+    fn = _function('mn_column_sums', points.dtype)
+    _run(lambda p, r0, r1: fn(
+        _addr(points), None if first is None else _addr(first),
+        _addr(sums[p]), None if d2 is None else _addr(d2), d, r0, r1),
+        ranges)
+    total = sum(sums[1:], sums[0])
+    return total if first is None else (total, d2)
+
+
+def candidate_d2(x, candidates, closest_d2):
+    """``min(closest_d2[i], |x_i - candidates[t]|^2)``, shape ``(T, m)``,
+    from direct differences (never negative)."""
+    m, d = _check_points(x)
+    candidates = numpy.ascontiguousarray(candidates, dtype=x.dtype)
+    if candidates.ndim != 2 or candidates.shape[1] != d:
+        raise ValueError('candidates must have shape (T, {}), got {}'
+                         .format(d, candidates.shape))
+    t = candidates.shape[0]
+    closest_d2 = _as('closest_d2', closest_d2, x.dtype, (m,))
+    out = numpy.empty((t, m), dtype=x.dtype)
+    fn = _function('mn_candidate_d2', x.dtype)
+    _run(lambda p, r0, r1: fn(_addr(x), _addr(candidates),
+                              _addr(closest_d2), _addr(out), m, d, t, r0,
+                              r1), _ranges(m, d))
+    return out
+
+
+def cluster_sums(points, shift, labels, n_components):
+    """Sufficient statistics of hard clusters of ``x = points - shift``.
+
+    Returns:
+        tuple: ``counts (K,)`` and ``sums (K, 2d)``: per cluster, the sums
+        of ``x`` and of ``x^2``.
+    """
+    m, d = _check_points(points)
+    x = points
+    shift = _as('shift', shift, x.dtype, (d,))
+    labels = _as('labels', labels, numpy.int64, (m,))
+    if m and (labels.min() < 0 or labels.max() >= n_components):
+        raise ValueError('labels must lie in [0, {})'.format(n_components))
+    ranges = _ranges(m, d, 'read')
+    sums = _per_thread(len(ranges), (n_components, 2 * d), x.dtype)
+    counts = _per_thread(len(ranges), (n_components,), x.dtype)
+    fn = _function('mn_cluster_sums', x.dtype)
+    _run(lambda p, r0, r1: fn(_addr(x), _addr(shift), _addr(labels),
+                              _addr(sums[p]), _addr(counts[p]), d, r0, r1),
+         ranges)
+    return sum(counts[1:], counts[0]), sum(sums[1:], sums[0])
+
+
+def em_sums(points, shift, coef, const):
+    """One E-step and the M-step's sums, fused, for ``x = points - shift``.
+
+    Args:
+        points: The points ``(m, d)``.
+        shift: ``(d,)``, the centre the mixture's means refer to.
+        coef, const: :func:`mn_chainer.gmm._gaussian_terms` of the mixture,
+            ``(2d, K)`` and ``(K,)``.
+
+    Returns:
+        tuple: ``nk (K,)`` and ``sums (K, 2d)``, the responsibility sums
+        and the responsibility-weighted sums of ``[x, x^2]``.
+    """
+    m, d = _check_points(points)
+    x = points
+    shift = _as('shift', shift, x.dtype, (d,))
+    k = numpy.shape(const)[0]
+    coef, const = _coefficients(coef, const, x.dtype, k, d)
+    ranges = _ranges(m, d)
+    sums = _per_thread(len(ranges), (k, 2 * d), x.dtype)
+    nk = _per_thread(len(ranges), (k,), x.dtype)
+    scratch = _per_thread(len(ranges), (_scratch_size(d, k),), x.dtype)
+    fn = _function('mn_em_sums', x.dtype)
+    floor = _floor(x.dtype)
+    _run(lambda p, r0, r1: fn(_addr(x), _addr(shift), _addr(coef),
+                              _addr(const), floor,
+                              _addr(sums[p]), _addr(nk[p]),
+                              _addr(scratch[p]), d, k, r0, r1), ranges)
+    return sum(nk[1:], nk[0]), sum(sums[1:], sums[0])
+
+
+def log_resp(points, shift, coef, const):
+    """E-step in log space: log responsibilities ``(m, K)`` of every point
+    of ``x = points - shift`` under the mixture whose terms are ``coef,
+    const`` (see :func:`em_sums`)."""
+    m, d = _check_points(points)
+    x = points
+    shift = _as('shift', shift, x.dtype, (d,))
+    k = numpy.shape(const)[0]
+    coef, const = _coefficients(coef, const, x.dtype, k, d)
+    ranges = _ranges(m, d)
+    out = numpy.empty((m, k), dtype=x.dtype)
+    scratch = _per_thread(len(ranges), (_scratch_size(d, k),), x.dtype)
+    fn = _function('mn_log_resp', x.dtype)
+    floor = _floor(x.dtype)
+    _run(lambda p, r0, r1: fn(_addr(x), _addr(shift), _addr(coef),
+                              _addr(const), floor,
+                              _addr(out), _addr(scratch[p]), d, k, r0, r1),
+         ranges)
+    return out

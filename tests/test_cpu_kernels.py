@@ -1,0 +1,280 @@
+"""Tests of :mod:`mn_chainer.cpu_kernels`: every C kernel against a float64
+NumPy reference written from its definition, argument checks, the split over
+threads, and the whole fit with and without the kernels.
+
+The kernels are an optional C extension (built by ``pip install`` where a C
+compiler is present).  Without it these tests skip, unless
+``MN_CHAINER_REQUIRE_CPU_KERNELS=1`` is set (``make test`` sets it), in
+which case the first test fails and says so.
+"""
+import os
+
+import numpy
+import pytest
+
+from mn_chainer import cpu_kernels
+from mn_chainer import gmm
+
+
+def test_extension_is_built():
+    if cpu_kernels._library() is None:
+        if os.environ.get('MN_CHAINER_REQUIRE_CPU_KERNELS') == '1':
+            pytest.fail('the C extension mn_chainer._cpu_kernels is not '
+                        'built (pip install -e . needs a C compiler)')
+        pytest.skip('the C extension mn_chainer._cpu_kernels is not built')
+
+
+@pytest.fixture
+def kernels(monkeypatch):
+    if cpu_kernels._library() is None:
+        pytest.skip('the C extension mn_chainer._cpu_kernels is not built')
+    monkeypatch.delenv('MN_CHAINER_CPU_KERNELS', raising=False)
+    return cpu_kernels
+
+
+@pytest.fixture(params=['one range', 'three ranges'])
+def ranges(request, monkeypatch):
+    """Run each kernel on one thread, and split over three row ranges
+    (uneven, so that tiles straddle the range boundaries)."""
+    if request.param == 'three ranges':
+        monkeypatch.setattr(cpu_kernels, 'n_threads', lambda: 3)
+        monkeypatch.setattr(cpu_kernels, 'MIN_ELEMENTS_PER_THREAD',
+                            {'compute': 1, 'read': 1})
+    return request.param
+
+
+DTYPES = [numpy.float32, numpy.float64]
+SHAPES = [(1, 1), (3, 5), (7, 16), (130, 33)]
+
+
+def _rtol(dtype):
+    return 1e-4 if dtype == numpy.float32 else 1e-11
+
+
+def _random_points(rs, m, d, dtype, offset=3.0):
+    return (offset + rs.randn(m, d) * rs.uniform(0.5, 2, size=d)).astype(
+        dtype)
+
+
+def _random_terms(rs, k, d):
+    """A random mixture and its E-step terms (float64)."""
+    weights = rs.dirichlet(numpy.ones(k))
+    means = rs.randn(k, d)
+    variances = rs.uniform(0.5, 2, size=(k, d))
+    coef, const = gmm._gaussian_terms(numpy, numpy.log(weights), means,
+                                      1 / variances)
+    return coef, const
+
+
+def _log_prob64(x, coef, const):
+    """log p(x_i, k) in float64 from the definition of the terms."""
+    x = x.astype(numpy.float64)
+    d = x.shape[1]
+    return x @ coef[:d] + (x * x) @ coef[d:] + const
+
+
+@pytest.mark.parametrize('dtype', DTYPES)
+@pytest.mark.parametrize('m,d', SHAPES)
+def test_column_sums(kernels, ranges, dtype, m, d):
+    rs = numpy.random.RandomState(m * d)
+    points = _random_points(rs, m, d, dtype)
+    sums = kernels.column_sums(points)
+    assert sums.dtype == dtype and sums.shape == (d,)
+    numpy.testing.assert_allclose(sums, points.astype(numpy.float64).sum(0),
+                                  rtol=_rtol(dtype))
+    first = points[m // 2]
+    sums2, d2 = kernels.column_sums(points, first)
+    numpy.testing.assert_array_equal(sums2, sums)
+    expected = ((points.astype(numpy.float64) - first) ** 2).sum(axis=1)
+    numpy.testing.assert_allclose(d2, expected, rtol=_rtol(dtype),
+                                  atol=_rtol(dtype))
+    assert d2[m // 2] == 0
+
+
+@pytest.mark.parametrize('dtype', DTYPES)
+@pytest.mark.parametrize('m,d', SHAPES)
+@pytest.mark.parametrize('t', [1, 3])
+def test_candidate_d2(kernels, ranges, dtype, m, d, t):
+    rs = numpy.random.RandomState(m + d + t)
+    points = _random_points(rs, m, d, dtype, offset=1e3)
+    candidates = points[rs.randint(0, m, size=t)]
+    closest = rs.uniform(0, 3 * d, size=m).astype(dtype)
+    out = kernels.candidate_d2(points, candidates, closest)
+    assert out.dtype == dtype and out.shape == (t, m)
+    x = points.astype(numpy.float64)
+    d2 = ((x[None] - candidates[:, None].astype(numpy.float64)) ** 2).sum(2)
+    numpy.testing.assert_allclose(out, numpy.minimum(d2, closest[None]),
+                                  rtol=_rtol(dtype), atol=_rtol(dtype))
+    assert (out >= 0).all()
+    # It equals the NumPy twin (expanded distances on centred points).
+    shift = points.mean(axis=0)
+    twin = gmm._candidate_d2(numpy, points - shift, candidates - shift,
+                             closest, gmm._row_norms_sq(
+                                 numpy, points - shift))
+    numpy.testing.assert_allclose(out, twin, rtol=_rtol(dtype) * 10,
+                                  atol=1e-2 if dtype == numpy.float32
+                                  else 1e-9)
+
+
+@pytest.mark.parametrize('dtype', DTYPES)
+@pytest.mark.parametrize('m,d', SHAPES)
+@pytest.mark.parametrize('k', [1, 4])
+def test_cluster_sums(kernels, ranges, dtype, m, d, k):
+    rs = numpy.random.RandomState(m + d + k)
+    points = _random_points(rs, m, d, dtype)
+    shift = points.mean(axis=0)
+    labels = rs.randint(0, k, size=m)
+    counts, sums = kernels.cluster_sums(points, shift, labels, k)
+    x = points.astype(numpy.float64) - shift
+    one_hot = numpy.eye(k)[labels]
+    numpy.testing.assert_array_equal(counts, one_hot.sum(axis=0))
+    expected = numpy.concatenate((one_hot.T @ x, one_hot.T @ (x * x)), 1)
+    numpy.testing.assert_allclose(sums, expected, rtol=_rtol(dtype),
+                                  atol=_rtol(dtype) * m)
+
+
+@pytest.mark.parametrize('dtype', DTYPES)
+@pytest.mark.parametrize('m,d', SHAPES)
+@pytest.mark.parametrize('k', [1, 2, 5])
+def test_em_sums(kernels, ranges, dtype, m, d, k):
+    rs = numpy.random.RandomState(10 * m + d + k)
+    points = _random_points(rs, m, d, dtype)
+    shift = points.mean(axis=0).astype(dtype)
+    coef, const = _random_terms(rs, k, d)
+    nk, sums = kernels.em_sums(points, shift, coef, const)
+    assert nk.dtype == dtype and sums.shape == (k, 2 * d)
+    x = points.astype(numpy.float64) - shift
+    log_prob = _log_prob64(x, coef, const)
+    resp = numpy.exp(log_prob - log_prob.max(axis=1, keepdims=True))
+    resp /= resp.sum(axis=1, keepdims=True)
+    numpy.testing.assert_allclose(nk, resp.sum(axis=0), rtol=_rtol(dtype),
+                                  atol=_rtol(dtype) * m)
+    expected = numpy.concatenate((resp.T @ x, resp.T @ (x * x)), axis=1)
+    numpy.testing.assert_allclose(sums, expected, rtol=_rtol(dtype),
+                                  atol=_rtol(dtype) * m * 10)
+
+
+@pytest.mark.parametrize('dtype', DTYPES)
+@pytest.mark.parametrize('m,d', SHAPES)
+@pytest.mark.parametrize('k', [1, 2, 5])
+def test_log_resp(kernels, ranges, dtype, m, d, k):
+    rs = numpy.random.RandomState(20 * m + d + k)
+    points = _random_points(rs, m, d, dtype)
+    shift = points.mean(axis=0).astype(dtype)
+    coef, const = _random_terms(rs, k, d)
+    out = kernels.log_resp(points, shift, coef, const)
+    assert out.dtype == dtype and out.shape == (m, k)
+    log_prob = _log_prob64(points.astype(numpy.float64) - shift, coef,
+                           const)
+    top = log_prob.max(axis=1, keepdims=True)
+    expected = log_prob - top - numpy.log(
+        numpy.exp(log_prob - top).sum(axis=1, keepdims=True))
+    # Log posteriors are compared where they matter (above -30): far
+    # below, float32 rounding of the log-densities dominates.
+    keep = expected > -30
+    numpy.testing.assert_allclose(out[keep], expected[keep],
+                                  atol=1e-3 if dtype == numpy.float32
+                                  else 1e-9)
+    numpy.testing.assert_allclose(numpy.exp(out).sum(axis=1), 1,
+                                  rtol=_rtol(dtype))
+
+
+def test_em_sums_well_separated_rows(kernels):
+    """Responsibilities that underflow (points far from a component) are
+    floored as documented, and the sums stay finite and exact."""
+    points = numpy.repeat(numpy.linspace(-5, 65, 700)[:, None], 4,
+                          axis=1).astype(numpy.float32)
+    weights, means = numpy.array([0.5, 0.5]), numpy.array([[0.] * 4,
+                                                           [60.] * 4])
+    coef, const = gmm._gaussian_terms(numpy, numpy.log(weights), means,
+                                      numpy.ones((2, 4)))
+    shift = numpy.zeros(4, numpy.float32)
+    nk, sums = kernels.em_sums(points, shift, coef, const)
+    assert numpy.isfinite(nk).all() and numpy.isfinite(sums).all()
+    numpy.testing.assert_allclose(nk.sum(), 700, rtol=1e-5)
+    ref = gmm._responsibilities(numpy, gmm.Mixture(weights, means,
+                                                   numpy.ones((2, 4))))
+    resp = ref(slice(0, 700), points, gmm._augment(numpy, points))
+    numpy.testing.assert_allclose(nk, resp.sum(axis=0), rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------
+# Argument checks: a bad argument never reaches C
+
+
+def test_bad_arguments_raise(kernels):
+    x = numpy.ones((6, 3), numpy.float32)
+    shift = numpy.zeros(3, numpy.float32)
+    coef, const = numpy.zeros((6, 2)), numpy.zeros(2)
+    with pytest.raises(ValueError, match='C-contiguous'):
+        kernels.column_sums(numpy.ones((3, 6), numpy.float32).T)
+    with pytest.raises(TypeError, match='float32 or float64'):
+        kernels.column_sums(x.astype(numpy.float16))
+    with pytest.raises(TypeError, match='float32 or float64'):
+        kernels.column_sums(x.astype(numpy.int64))
+    with pytest.raises(ValueError, match='2-D'):
+        kernels.column_sums(x.ravel())
+    with pytest.raises(ValueError, match='first must have shape'):
+        kernels.column_sums(x, numpy.zeros(4))
+    with pytest.raises(ValueError, match=r'candidates must have shape'):
+        kernels.candidate_d2(x, numpy.zeros((2, 4)), numpy.zeros(6))
+    with pytest.raises(ValueError, match='closest_d2 must have shape'):
+        kernels.candidate_d2(x, numpy.zeros((2, 3)), numpy.zeros(5))
+    with pytest.raises(ValueError, match=r'labels must lie in \[0, 2\)'):
+        kernels.cluster_sums(x, shift, numpy.array([0, 1, 2, 0, 1, 0]), 2)
+    with pytest.raises(ValueError, match=r'labels must lie in \[0, 2\)'):
+        kernels.cluster_sums(x, shift, numpy.array([0, 1, -1, 0, 1, 0]), 2)
+    with pytest.raises(ValueError, match='labels must have shape'):
+        kernels.cluster_sums(x, shift, numpy.zeros(5, numpy.int64), 2)
+    with pytest.raises(ValueError, match='shift must have shape'):
+        kernels.em_sums(x, numpy.zeros(2), coef, const)
+    with pytest.raises(ValueError, match='coef must have shape'):
+        kernels.em_sums(x, shift, numpy.zeros((5, 2)), const)
+    with pytest.raises(ValueError, match='const must have shape'):
+        kernels.log_resp(x, shift, coef, numpy.zeros((2, 1)))
+
+
+def test_disabled_by_environment(kernels, monkeypatch):
+    assert kernels.available()
+    monkeypatch.setenv('MN_CHAINER_CPU_KERNELS', '0')
+    assert not kernels.available()
+    assert gmm._cpu_kernels(numpy, numpy.ones((4, 2))) is None
+
+
+def test_used_only_where_they_apply(kernels):
+    assert gmm._cpu_kernels(numpy, numpy.ones((4, 2))) is kernels
+    assert gmm._cpu_kernels(numpy, numpy.ones((4, 2), numpy.float32))
+    assert gmm._cpu_kernels(numpy, numpy.ones((2, 4)).T) is None
+    assert gmm._cpu_kernels(numpy, numpy.ones((4, 2), numpy.float16)) is None
+
+
+# ---------------------------------------------------------------------------
+# The whole fit, with and without the kernels
+
+
+@pytest.mark.parametrize('dtype', DTYPES)
+@pytest.mark.parametrize('kwargs', [
+    dict(),
+    dict(kmeans_iters=3, em_iters=2),
+    dict(sample_ratio=0.5, min_weight=0.05),
+    dict(kmeans_iters=0, em_iters=0),
+])
+def test_fit_equals_array_path(kernels, monkeypatch, dtype, kwargs):
+    """fit_gmm gives the same mixture and posterior through the C passes
+    and through the array passes."""
+    rs = numpy.random.RandomState(3)
+    points = numpy.concatenate([
+        rs.randn(400, 9) * 0.5 + 4, rs.randn(300, 9) + 8,
+        rs.randn(301, 9) * 2 - 3]).astype(dtype)
+    fits = []
+    for env in ('1', '0'):
+        monkeypatch.setenv('MN_CHAINER_CPU_KERNELS', env)
+        fits.append(gmm.fit_gmm(points, 4, rng=7, return_posterior=True,
+                                **kwargs))
+    (with_c, tau_c), (without, tau) = fits
+    assert with_c.n_components == without.n_components
+    rtol = 2e-4 if dtype == numpy.float32 else 1e-9
+    for a, b in zip(with_c, without):
+        assert a.dtype == dtype
+        numpy.testing.assert_allclose(a, b, rtol=rtol, atol=rtol)
+    numpy.testing.assert_allclose(tau_c, tau, rtol=rtol, atol=rtol)
