@@ -20,7 +20,10 @@ Every function here is array-generic: NumPy in gives NumPy out, CuPy in gives
 CuPy out on the same device.  This module imports neither Chainer nor CuPy
 at module level, so it works with NumPy alone (1.26 or 2.x).  On the GPU the
 E-step and the K-means++ distance update run as fused CUDA kernels
-(:mod:`mn_chainer.kernels`); the NumPy code below is their reference.
+(:mod:`mn_chainer.kernels`); on the CPU, where the optional C extension is
+built, every pass over the points runs as a C kernel
+(:mod:`mn_chainer.cpu_kernels`, :class:`_KernelPasses`).  The NumPy code
+below (:class:`_ArrayPasses`) is the reference of both.
 
 The private helpers take ``xp`` first and assume validated input, in the
 manner of scikit-learn's ``sklearn.mixture`` module.
