@@ -314,11 +314,14 @@ def _estimate_log_resp(xp, points, log_weights, means, precisions,
     if terms is None:
         terms = _gaussian_terms(xp, log_weights, means, precisions)
     coef, const = terms
-    if augmented is None:
+    if augmented is not None:
+        log_prob = augmented @ coef
+    else:
         if points_sq is None:
             points_sq = points * points
-        augmented = xp.concatenate((points, points_sq), axis=1)
-    log_prob = augmented @ coef
+        d = points.shape[1]
+        log_prob = points @ coef[:d]
+        log_prob += points_sq @ coef[d:]
     log_prob += const
     log_norm = _logsumexp(xp, log_prob)
     log_prob -= log_norm[:, None]

@@ -391,11 +391,12 @@ class MixtureNormalization(link.Link):
         points, newest = gmm.centre(points, gmm.Mixture(
             weights[-1], means[-1], variances[-1]))
         shift = means[-1] - newest.means
+        points_sq = points * points
         log_resp = []
         for entry in range(length):
             mixture = gmm.Mixture(weights[entry], means[entry] - shift,
                                   variances[entry] + self.eps)
-            log_resp.append(gmm._e_step(xp, points, mixture)[0])
+            log_resp.append(gmm._e_step(xp, points, mixture, points_sq)[0])
         resp = gmm._exp_normal(xp, xp.stack(log_resp, axis=1))  # (m, L, K)
         present = weights > 0
         scale = xp.where(present, 1 / xp.sqrt(xp.where(present, weights, 1)),
