@@ -41,6 +41,10 @@ header prints what was in effect.
     python benchmarks/bench_gmm.py --markdown --dtype both
     python benchmarks/bench_gmm.py --device cupy    # GPU: CUDA-event timing
 
+On the CPU our fit runs the C kernels of :mod:`mn_chainer.cpu_kernels`
+where they are built (the header says which); ``MN_CHAINER_CPU_KERNELS=0``
+times the NumPy path instead.
+
 With ``--device cupy`` our fit runs on the current GPU and is timed with
 CUDA events (scikit-learn stays on the CPU; ``--skip-sklearn`` leaves it
 out), and the run ends with the issue's GPU goal: the whole fit as MN does
@@ -353,6 +357,12 @@ def main(argv=None):
                          platform.python_version(), numpy.__version__,
                          os.cpu_count()))
     print('threads: {}'.format(_describe_threads()))
+    if cupy is None:
+        from mn_chainer import cpu_kernels
+        print('our CPU passes: {}'.format(
+            'C kernels (mn_chainer.cpu_kernels, {} threads)'.format(
+                cpu_kernels.n_threads()) if cpu_kernels.available() else
+            'NumPy (C kernels not built or MN_CHAINER_CPU_KERNELS=0)'))
     print('time: median of {} fits after a warm-up; kmeans_iters={} '
           'em_iters=1 sample_ratio=1 min_weight=0 reg_covar={:g}'.format(
               args.repeats, kmeans_iters, args.reg_covar))
