@@ -176,6 +176,15 @@ def _coefficients(coef, const, dtype, k, d):
             _as('const', const, dtype, (k,)))
 
 
+def _e_step_arguments(points, shift, coef, const):
+    """Checked ``(m, d, K, shift, coef, const)`` of an E-step kernel."""
+    m, d = _check_points(points)
+    shift = _as('shift', shift, points.dtype, (d,))
+    k = numpy.shape(const)[0]
+    coef, const = _coefficients(coef, const, points.dtype, k, d)
+    return m, d, k, shift, coef, const
+
+
 def _floor(dtype):
     return 0.5 * math.log(numpy.finfo(dtype).tiny)
 
@@ -258,11 +267,9 @@ def em_sums(points, shift, coef, const):
         tuple: ``nk (K,)`` and ``sums (K, 2d)``, the responsibility sums
         and the responsibility-weighted sums of ``[x, x^2]``.
     """
-    m, d = _check_points(points)
+    m, d, k, shift, coef, const = _e_step_arguments(points, shift, coef,
+                                                    const)
     x = points
-    shift = _as('shift', shift, x.dtype, (d,))
-    k = numpy.shape(const)[0]
-    coef, const = _coefficients(coef, const, x.dtype, k, d)
     ranges = _ranges(m, d)
     sums = _per_thread(len(ranges), (k, 2 * d), x.dtype)
     nk = _per_thread(len(ranges), (k,), x.dtype)
@@ -280,11 +287,9 @@ def log_resp(points, shift, coef, const):
     """E-step in log space: log responsibilities ``(m, K)`` of every point
     of ``x = points - shift`` under the mixture whose terms are ``coef,
     const`` (see :func:`em_sums`)."""
-    m, d = _check_points(points)
+    m, d, k, shift, coef, const = _e_step_arguments(points, shift, coef,
+                                                    const)
     x = points
-    shift = _as('shift', shift, x.dtype, (d,))
-    k = numpy.shape(const)[0]
-    coef, const = _coefficients(coef, const, x.dtype, k, d)
     ranges = _ranges(m, d)
     out = numpy.empty((m, k), dtype=x.dtype)
     scratch = _per_thread(len(ranges), (_scratch_size(d, k),), x.dtype)

@@ -515,18 +515,6 @@ def _kmeans(xp, points, centers, n_iter, reducer=None, update_last=True,
     return centers, labels
 
 
-def _m_step(xp, points, resp, reg_covar, points_sq=None, augmented=None,
-            reducer=None):
-    if augmented is None:
-        if points_sq is None:
-            points_sq = points * points
-        augmented = xp.concatenate((points, points_sq), axis=1)
-    nk, sums = _allreduce(xp, reducer,
-                          *_weighted_sums(xp, augmented, resp))
-    nk, means, variances = _gaussians_from_sums(xp, nk, sums, reg_covar)
-    return Mixture(nk / nk.sum(), means, variances)
-
-
 def _e_step(xp, points, mixture, points_sq=None, augmented=None):
     return _estimate_log_resp(xp, points, _log(xp, mixture.weights),
                               mixture.means, 1 / mixture.variances, points_sq,
@@ -699,8 +687,7 @@ def _fit_gmm(xp, points, n_components, kmeans_iters, em_iters, n_trials,
     # Fit centred points (a diagonal mixture is translation invariant):
     # E[x^2] - mu^2 and the distance expansions cancel catastrophically in
     # float32 when |mean| >> sd.
-    passes_type = (_ArrayPasses if _cpu_kernels(xp, points) is None
-                   else _KernelPasses)
+    passes_type = _passes_type(xp, points)
     first = first_d2 = None
     if (passes_type is _KernelPasses and centers is None and reducer is None
             and sample is points):
@@ -878,6 +865,12 @@ def _responsibilities(xp, mixture):
         resp /= resp.sum(axis=1, keepdims=True)
         return resp
     return resp_of
+
+
+def _passes_type(xp, points):
+    """The passes a fit over ``points`` runs: :class:`_KernelPasses` where
+    the C kernels apply, else :class:`_ArrayPasses`."""
+    return _ArrayPasses if _cpu_kernels(xp, points) is None else _KernelPasses
 
 
 class _ArrayPasses(object):
