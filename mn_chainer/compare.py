@@ -28,17 +28,16 @@ every such row is labelled. The paper's numbers are shown as stored in
 import argparse
 import csv
 import io
-import json
 import math
 import os
 import sys
 
 import numpy
 
+import mn_chainer.cli
+from mn_chainer.logs import ACCURACY_KEY
+import mn_chainer.logs
 import mn_chainer.paper
-
-#: Default log key of the test accuracy (a fraction in [0, 1]).
-ACCURACY_KEY = 'validation/main/accuracy'
 
 #: Size of the CIFAR-10/100 training set the paper trained on.
 PAPER_N_TRAIN = 50000
@@ -266,19 +265,16 @@ class Run(object):
 
 
 def load_run(path, key=ACCURACY_KEY):
-    """Reads ``<path>/log`` and ``<path>/args.json`` into a :class:`Run`."""
-    log_path = os.path.join(path, 'log')
-    if not os.path.isfile(log_path):
-        raise ValueError('{}: no LogReport file "log"'.format(path))
-    with open(log_path) as f:
-        log = json.load(f)
-    if not isinstance(log, list):
-        raise ValueError('{}: "log" is not a JSON list'.format(log_path))
-    args = {}
-    args_path = os.path.join(path, 'args.json')
-    if os.path.isfile(args_path):
-        with open(args_path) as f:
-            args = json.load(f)
+    """Reads ``<path>/log`` and ``<path>/args.json`` into a :class:`Run`.
+
+    Raises:
+        mn_chainer.logs.LogError: If the log is missing or unreadable, or
+            ``args.json`` exists but is unreadable (the message names the
+            file).
+
+    """
+    log = mn_chainer.logs.load_log(path)
+    args = mn_chainer.logs.load_args(path) or {}
     return Run(path, log, args, key=key)
 
 
@@ -782,8 +778,7 @@ def _parser():
     return parser
 
 
-def main(argv=None):
-    """Command line entry point (``mn-compare``)."""
+def _main(argv):
     parser = _parser()
     args = parser.parse_args(argv)
     if args.rows is not None and len(args.rows) != len(args.runs):
@@ -807,10 +802,7 @@ def main(argv=None):
                 os.path.basename(os.path.normpath(args.baseline)))
     runs = []
     for i, path in enumerate(args.runs):
-        try:
-            run = load_run(path, key=args.key)
-        except (ValueError, OSError) as e:
-            parser.error(str(e))
+        run = load_run(path, key=args.key)
         if args.table is not None:
             run.family = family
         if args.dataset is not None:
@@ -831,6 +823,16 @@ def main(argv=None):
         parser.error(str(e))
     sys.stdout.write(RENDERERS[args.format](tables))
     return 0
+
+
+def main(argv=None):
+    """Command line entry point (``mn-compare``).
+
+    An unreadable run ends with one line on stderr naming its file and
+    exit status 1; usage errors exit with status 2 (see
+    :mod:`mn_chainer.cli`).
+    """
+    return mn_chainer.cli.run(_main, argv, prog='mn-compare')
 
 
 if __name__ == '__main__':

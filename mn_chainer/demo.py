@@ -21,18 +21,17 @@ The two runs are written to ``<out>/bn2`` and ``<out>/mn2`` (LogReport
 ``mn-compare <out>/bn2 <out>/mn2`` and ``mn-plot`` can read them.
 """
 import argparse
-import json
 import os
 import time
 
+from mn_chainer.logs import ACCURACY_KEY
+import mn_chainer.logs
 import mn_chainer.presets
 import train_cifar
 
 
 #: Rows compared, in table order.
 ROWS = ('BN-2', 'MN-2')
-
-_ACC = 'validation/main/accuracy'
 
 #: Training images of CIFAR-10 (the paper trains on all of them).
 _PAPER_N_TRAIN = 50000
@@ -100,13 +99,15 @@ def format_comparison(logs, rows=ROWS):
              'epoch ' + ''.join('{:>9}'.format(r) for r in rows) +
              '   MN-2 effective K']
     for epoch in epochs:
-        cells = [_pct(by_epoch[r].get(epoch, {}).get(_ACC)) for r in rows]
+        cells = [_pct(by_epoch[r].get(epoch, {}).get(ACCURACY_KEY))
+                 for r in rows]
         k = by_epoch['MN-2'].get(epoch, {}).get('mn/conv3/effective_k') \
             if 'MN-2' in by_epoch else None
         lines.append('{:5d} '.format(epoch) +
                      ''.join('{:>9}'.format(c) for c in cells) +
                      ('   {:g}'.format(k) if k is not None else ''))
-    best = [max((e[_ACC] for e in logs[r]), default=None) for r in rows]
+    best = [max((e[ACCURACY_KEY] for e in logs[r]), default=None)
+            for r in rows]
     lines.append(' best ' + ''.join('{:>9}'.format(_pct(b)) for b in best))
     return '\n'.join(lines)
 
@@ -132,8 +133,7 @@ def main(argv=None):
         start = time.time()
         logs[row] = train_cifar.main(_train_argv(args, row, out))
         times[row] = time.time() - start
-    with open(os.path.join(args.out, 'mn2', 'args.json')) as f:
-        settings = json.load(f)
+    settings = mn_chainer.logs.load_args(os.path.join(args.out, 'mn2'))
     updates = logs['MN-2'][-1]['iteration'] if logs['MN-2'] else 0
     preset = mn_chainer.presets.get_preset('table2:MN-2', 'cifar10')
     # Chainer's repeating iterator wraps around epochs: no partial batches.

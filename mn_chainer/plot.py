@@ -26,16 +26,18 @@ Figures are drawn with matplotlib's Agg canvas (no display needed) and
 saved as PNG.
 """
 import argparse
-import json
 import os
 import sys
+import zipfile
+import zlib
 
 import matplotlib.ticker
 import numpy
 
-
-#: Default log key of the test accuracy (a fraction in [0, 1]).
-ACCURACY_KEY = 'validation/main/accuracy'
+import mn_chainer.cli
+from mn_chainer.logs import ACCURACY_KEY
+from mn_chainer.logs import load_log  # NOQA: F401 (part of this API)
+from mn_chainer.logs import LogError
 
 
 def _figure(figsize):
@@ -54,17 +56,6 @@ def _save(fig, path, dpi=100):
     fig.tight_layout()
     fig.savefig(path, dpi=dpi, format='png')
     return path
-
-
-def load_log(path):
-    """Reads a LogReport log from a run directory or a log file."""
-    if os.path.isdir(path):
-        path = os.path.join(path, 'log')
-    with open(path) as f:
-        log = json.load(f)
-    if not isinstance(log, list):
-        raise ValueError('{}: not a LogReport log (JSON list)'.format(path))
-    return log
 
 
 def sliding_mean_std(values, window=10):
@@ -227,15 +218,32 @@ def load_mixtures(path):
     """
     if os.path.isdir(path):
         path = os.path.join(path, 'mixtures.npz')
+    if not os.path.isfile(path):
+        raise LogError(path, 'no such file (train with --dump-mixtures '
+                             'LAYERS to write it)')
     layers = {}
-    with numpy.load(path) as npz:
-        for key in npz.files:
-            parts = key.rsplit('/', 2)
-            if len(parts) != 3:
-                continue
-            layer, fraction, field = parts
-            layers.setdefault(layer, {}).setdefault(
-                float(fraction), {})[field] = npz[key]
+    try:
+        with numpy.load(path, allow_pickle=False) as npz:
+            for key in npz.files:
+                parts = key.rsplit('/', 2)
+                if len(parts) != 3:
+                    continue
+                layer, fraction, field = parts
+                layers.setdefault(layer, {}).setdefault(
+                    float(fraction), {})[field] = npz[key]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile,
+            zlib.error) as e:
+        raise LogError(path, 'not a readable mixture dump ({}: {})'.format(
+            type(e).__name__, e))
+    for layer, dumps in layers.items():
+        for fraction, fields in dumps.items():
+            missing = [f for f in ('weights', 'means', 'variances')
+                       if f not in fields]
+            if missing:
+                raise LogError(path, 'the dump of layer {} at {:g} lacks {}'
+                               .format(layer, fraction, ', '.join(missing)))
+    if not layers:
+        raise LogError(path, 'holds no mixtures')
     return layers
 
 
@@ -375,38 +383,46 @@ def _parser():
     return parser
 
 
-def main(argv=None):
-    """Command line entry point (``mn-plot``)."""
+def _main(argv):
     parser = _parser()
     args = parser.parse_args(argv)
-    try:
+    if args.command in ('curves', 'effective-k'):
+        try:
+            labels = _labels(args.runs, args.labels)
+        except ValueError as e:
+            raise mn_chainer.cli.UsageError(str(e))
+        runs = list(zip(labels, [load_log(p) for p in args.runs]))
         if args.command == 'curves':
-            runs = list(zip(_labels(args.runs, args.labels),
-                            [load_log(p) for p in args.runs]))
             path = plot_curves(runs, args.out, window=args.window,
                                key=args.key, title=args.title)
-        elif args.command == 'effective-k':
-            runs = list(zip(_labels(args.runs, args.labels),
-                            [load_log(p) for p in args.runs]))
+        else:
             path = plot_effective_k(runs, args.out, layers=args.layers,
                                     title=args.title)
-        else:
-            mixtures = load_mixtures(args.npz)
-            layer = args.layer
-            if layer is None:
-                if len(mixtures) != 1:
-                    raise ValueError('give --layer; layers: {}'.format(
-                        ', '.join(sorted(mixtures)) or 'none'))
-                layer, = mixtures
-            out = args.out or 'mixture_{}.png'.format(
-                layer.strip('/').replace('/', '_'))
-            path = plot_mixture(mixtures, layer, out,
-                                n_channels=args.channels, seed=args.seed,
-                                title=args.title)
-    except (OSError, ValueError, KeyError) as e:
-        parser.error(str(e))
+    else:
+        mixtures = load_mixtures(args.npz)
+        layer = args.layer
+        if layer is None:
+            if len(mixtures) != 1:
+                raise mn_chainer.cli.UsageError(
+                    '{} holds several layers: give --layer; layers: {}'
+                    .format(args.npz, ', '.join(sorted(mixtures)) or 'none'))
+            layer, = mixtures
+        out = args.out or 'mixture_{}.png'.format(
+            layer.strip('/').replace('/', '_'))
+        path = plot_mixture(mixtures, layer, out, n_channels=args.channels,
+                            seed=args.seed, title=args.title)
     print('wrote {}'.format(path))
     return 0
+
+
+def main(argv=None):
+    """Command line entry point (``mn-plot``).
+
+    Errors end with one line on stderr naming the run or file: exit status
+    2 for usage errors, 1 for unreadable or unsuitable logs and dumps (see
+    :mod:`mn_chainer.cli`).
+    """
+    return mn_chainer.cli.run(_main, argv, prog='mn-plot')
 
 
 if __name__ == '__main__':

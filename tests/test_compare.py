@@ -352,3 +352,34 @@ def test_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         compare.main([run, '--table', 'table2', '--rows', 'BN-1', 'MN-1'])
     capsys.readouterr()
+
+
+@pytest.mark.parametrize('content,problem', [
+    ('', 'empty file'),
+    ('[{"epoch": 1, "iteration": 32, "validation/main/acc',
+     'truncated or invalid JSON'),
+])
+def test_empty_or_truncated_log_names_the_run(tmp_path, capsys, content,
+                                              problem):
+    good = _write_run(tmp_path / 'bn', BN, 'BN-2')
+    bad = _write_run(tmp_path / 'mn', MN, 'MN-2')
+    with open(os.path.join(bad, 'log'), 'w') as f:
+        f.write(content)
+    with pytest.raises(SystemExit) as info:
+        compare.main([good, bad])
+    assert info.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert err[0].startswith('mn-compare: error: ' + os.path.join(bad, 'log'))
+    assert problem in err[0]
+
+
+def test_truncated_args_names_the_file(tmp_path, capsys):
+    run = _write_run(tmp_path / 'bn', BN, 'BN-2')
+    with open(os.path.join(run, 'args.json'), 'w') as f:
+        f.write('{"model": "cifar')
+    with pytest.raises(SystemExit) as info:
+        compare.main([run])
+    assert info.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [err[0]] and os.path.join(run, 'args.json') in err[0]

@@ -161,3 +161,36 @@ def test_mixture_png(tmp_path):
     finally:
         os.chdir(cwd)
     _check_png(tmp_path / 'mixture_b_c.png', min_bytes=10000)
+
+
+@pytest.mark.parametrize('command', ['curves', 'effective-k'])
+def test_empty_log_names_the_run(tmp_path, capsys, command):
+    run = tmp_path / 'run'
+    run.mkdir()
+    (run / 'log').write_text('')
+    with pytest.raises(SystemExit) as info:
+        plot.main([command, str(run), '-o', str(tmp_path / 'x.png')])
+    assert info.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ['mn-plot: error: {}: empty file (was the run stopped '
+                   'before it wrote anything?)'.format(run / 'log')]
+    assert not (tmp_path / 'x.png').exists()
+
+
+@pytest.mark.parametrize('content', [b'', b'PK\x03\x04 torn', b'not a zip'])
+def test_corrupt_mixture_dump_names_the_file(tmp_path, capsys, content):
+    path = tmp_path / 'mixtures.npz'
+    path.write_bytes(content)
+    with pytest.raises(SystemExit) as info:
+        plot.main(['mixture', str(tmp_path)])
+    assert info.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(path) in err[0]
+    assert 'not a readable mixture dump' in err[0]
+
+
+def test_missing_mixture_dump_says_how_to_write_it(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        plot.main(['mixture', str(tmp_path)])
+    assert info.value.code == 1
+    assert '--dump-mixtures' in capsys.readouterr().err
