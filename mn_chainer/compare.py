@@ -38,46 +38,10 @@ import mn_chainer.cli
 from mn_chainer.logs import ACCURACY_KEY
 import mn_chainer.logs
 import mn_chainer.paper
+import mn_chainer.presets
 
 #: Size of the CIFAR-10/100 training set the paper trained on.
-PAPER_N_TRAIN = 50000
-
-#: The paper's experiment families. ``epochs`` and ``batchsize`` come from
-#: the ``optimizer``/``setting`` strings of the table data (paper §4).
-FAMILIES = {
-    'cifar_cnn': {
-        'accuracy': ('table2_cifar_cnn', 'Table II'),
-        'steps': ('table3_cifar_cnn_steps', 'Table III'),
-        'epochs': 100, 'batchsize': 256, 'name': 'CIFAR CNN',
-    },
-    'inception': {
-        'accuracy': ('table4_inception_v3', 'Table IV'),
-        'steps': ('table5_inception_v3_steps', 'Table V'),
-        'epochs': 200, 'batchsize': 128, 'name': 'Inception-V3',
-    },
-    'nesterov': {
-        'steps': ('table6_inception_v3_nesterov_cifar100', 'Table VI'),
-        'epochs': 150, 'batchsize': 256,
-        'name': 'Inception-V3, Nesterov, CIFAR-100',
-    },
-    'densenet': {
-        'error': ('densenet_cifar100', 'DenseNet (§4.4)'),
-        'epochs': 200, 'batchsize': 64, 'name': 'DenseNet, CIFAR-100',
-    },
-}
-
-#: Table ids accepted by ``--table`` (and in ``args.json``) -> family.
-TABLE_ALIASES = {
-    'table2': 'cifar_cnn', 'table3': 'cifar_cnn',
-    'table4': 'inception', 'table5': 'inception',
-    'table6': 'nesterov', 'densenet': 'densenet',
-}
-
-#: Model registry names -> family, used when a run names no table.
-MODEL_FAMILIES = {
-    'cifar_cnn': 'cifar_cnn', 'inception_v3': 'inception',
-    'densenet': 'densenet',
-}
+PAPER_N_TRAIN = mn_chainer.presets.PAPER_N_TRAIN
 
 #: Marks a run that never reached the target accuracy (the paper's "–").
 NOT_REACHED = 'not reached'
@@ -92,18 +56,19 @@ def paper_results():
 
 
 def resolve_table(name):
-    """Returns the family of a table id (``'table2'``, ``'table3_...'``).
+    """Returns the experiment of a table id (``'table2'``, ``'table3_...'``).
+
+    The experiments are :data:`mn_chainer.presets.EXPERIMENTS`.
 
     Raises:
         ValueError: for an unknown table id.
 
     """
-    key = str(name).lower().replace('-', '_')
-    for alias, family in TABLE_ALIASES.items():
-        if key == alias or key.startswith(alias + '_'):
-            return family
-    raise ValueError('unknown paper table {!r}; valid tables: {}'.format(
-        name, ', '.join(sorted(TABLE_ALIASES))))
+    return mn_chainer.presets.experiment_of_table(name)
+
+
+def _experiment(family):
+    return mn_chainer.presets.EXPERIMENTS[family]
 
 
 # ---------------------------------------------------------------------------
@@ -189,7 +154,8 @@ class Run(object):
         label (str): Name shown in the tables.
         log (list of dict): LogReport entries.
         args (dict): The run's ``args.json`` (empty when missing).
-        family (str or None): Paper experiment family (see ``FAMILIES``).
+        family (str or None): The paper's experiment (a key of
+            :data:`mn_chainer.presets.EXPERIMENTS`).
         dataset (str or None): ``cifar10``/``cifar100`` (the Table VI
             schedule key for the ``nesterov`` family).
         row (str or None): Paper row (e.g. ``'MN-2'``).
@@ -216,7 +182,8 @@ class Run(object):
             except ValueError:
                 self.family = None
         if self.family is None:
-            self.family = MODEL_FAMILIES.get(args.get('model'))
+            self.family = mn_chainer.presets.experiment_of_model(
+                args.get('model'))
         epochs, iterations, _ = accuracy_series(log, key)
         self.last_epoch = int(epochs[-1]) if len(epochs) else 0
         self.last_iteration = int(iterations[-1]) if len(iterations) else 0
@@ -249,11 +216,10 @@ class Run(object):
 
     def is_short(self, family):
         """Whether the run differs in length from the paper's protocol."""
-        spec = FAMILIES[family]
-        return (self.epochs != spec['epochs']
+        spec = _experiment(family)
+        return (self.epochs != spec.epoch
                 or (self.n_train or PAPER_N_TRAIN) != PAPER_N_TRAIN
-                or (self.batchsize or spec['batchsize'])
-                != spec['batchsize'])
+                or (self.batchsize or spec.batchsize) != spec.batchsize)
 
     def describe_length(self):
         parts = ['{} epochs'.format(self.epochs)]
@@ -279,14 +245,14 @@ def load_run(path, key=ACCURACY_KEY):
 
 
 def _paper_length(family):
-    spec = FAMILIES[family]
-    return spec['epochs'], total_iterations(
-        spec['epochs'], PAPER_N_TRAIN, spec['batchsize'])
+    spec = _experiment(family)
+    return spec.epoch, total_iterations(
+        spec.epoch, PAPER_N_TRAIN, spec.batchsize)
 
 
 def _length_notes(runs, family, checkpoints=False):
     """Labels of the runs shorter than the paper's, one per run length."""
-    spec = FAMILIES[family]
+    spec = _experiment(family)
     paper_epochs, paper_iters = _paper_length(family)
     groups = {}
     for run in runs:
@@ -306,12 +272,12 @@ def _length_notes(runs, family, checkpoints=False):
                     'at 25/50/75/100% of {} epochs, {:,} training images, '
                     'batch {} (epochs {})'.format(
                         run.describe_length(), ours, paper_epochs,
-                        PAPER_N_TRAIN, spec['batchsize'], theirs))
+                        PAPER_N_TRAIN, spec.batchsize, theirs))
         else:
             what = ('ours {} = {:,} updates vs paper {} epochs, {:,} '
                     'training images, batch {} = {:,} updates'.format(
                         run.describe_length(), run.iterations, paper_epochs,
-                        PAPER_N_TRAIN, spec['batchsize'], paper_iters))
+                        PAPER_N_TRAIN, spec.batchsize, paper_iters))
         notes.append('{}: {}: same fraction of training, not the same '
                      'number of epochs'.format(
                          ', '.join(r.label for r in group), what))
@@ -453,7 +419,7 @@ def _pct(fraction):
 
 
 def _paper_section(paper, family, form, dataset):
-    key, title = FAMILIES[family][form]
+    key, title = _experiment(family).results[form]
     section = paper[key]
     if dataset is None or dataset not in section:
         return title, None
@@ -530,10 +496,11 @@ def accuracy_table(runs, family, dataset, paper):
                     run.describe_length(),
                     ', '.join(str(e) for e in ours_epochs), paper_epochs))
         rows.append(row)
-    checkpoints = paper[FAMILIES[family]['accuracy'][0]]['checkpoints_epochs']
+    spec = _experiment(family)
+    checkpoints = paper[spec.results['accuracy'][0]]['checkpoints_epochs']
     heading = ('{} ({}), {}: max test accuracy (%) reached by 25/50/75/100% '
                'of training (paper: epochs {})'.format(
-                   title, FAMILIES[family]['name'], _dataset_label(dataset),
+                   title, spec.title, _dataset_label(dataset),
                    ', '.join(str(e) for e in checkpoints)))
     notes.extend(_length_notes(runs, family, checkpoints=True))
     for run in runs:
@@ -651,7 +618,7 @@ def steps_table(runs, family, dataset, paper, baseline_path=None):
                 1.0 - fractions[run] / fractions[base])
     heading = ('{} ({}), {}: gradient updates to first reach the BN run\'s '
                'max test accuracy ("target", %{})'.format(
-                   title, FAMILIES[family]['name'], _dataset_label(dataset),
+                   title, _experiment(family).title, _dataset_label(dataset),
                    '' if section is None else
                    '; paper target {:.2f}'.format(section['target'])))
     if any_short:
@@ -680,7 +647,7 @@ def steps_table(runs, family, dataset, paper, baseline_path=None):
 
 def error_table(runs, family, dataset, paper):
     """The DenseNet form: best test error (%) ours next to the paper's."""
-    key, title = FAMILIES[family]['error']
+    key, title = _experiment(family).results['error']
     paper_rows = paper[key]['best_test_error_percent']
     paper_epochs, _ = _paper_length(family)
     columns = [('run', 'run', 'text'), ('row', 'row', 'text'),
@@ -700,12 +667,12 @@ def error_table(runs, family, dataset, paper):
         rows.append(row)
     notes.extend(_length_notes(runs, family))
     heading = '{} ({}): best test error (%)'.format(
-        title, FAMILIES[family]['name'])
+        title, _experiment(family).title)
     return Table(heading, columns, _mean_rows(rows, ['error_ours']), notes)
 
 
 def _nesterov_setting(run, paper, setting):
-    section = paper[FAMILIES['nesterov']['steps'][0]]
+    section = paper[_experiment('nesterov').results['steps'][0]]
     keys = [k for k in section if k.startswith('decay_')]
     if setting is not None:
         return setting
@@ -731,13 +698,13 @@ def build_tables(runs, paper, form='all', baseline=None, setting=None):
         groups.setdefault((run.family, dataset), []).append(run)
     tables = []
     for (family, dataset), group in groups.items():
-        spec = FAMILIES[family]
-        if 'accuracy' in spec and form in ('all', 'accuracy'):
+        results = _experiment(family).results
+        if 'accuracy' in results and form in ('all', 'accuracy'):
             tables.append(accuracy_table(group, family, dataset, paper))
-        if 'steps' in spec and form in ('all', 'steps'):
+        if 'steps' in results and form in ('all', 'steps'):
             tables.append(steps_table(group, family, dataset, paper,
                                       baseline_path=baseline))
-        if 'error' in spec and form in ('all', 'error'):
+        if 'error' in results and form in ('all', 'error'):
             tables.append(error_table(group, family, dataset, paper))
     return tables
 

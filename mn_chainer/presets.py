@@ -42,6 +42,10 @@ DEFAULT_DATASET = 'cifar10'
 #: given.
 DEFAULT_MODEL = 'cifar_cnn'
 
+#: Training images per epoch in every experiment of the paper: all 50,000
+#: of the CIFAR-10/100 training set.
+PAPER_N_TRAIN = 50000
+
 
 @dataclasses.dataclass(frozen=True)
 class LRSchedule(object):
@@ -481,3 +485,98 @@ for _depth, _model in DENSENET_MODELS.items():
                        _densenet_builder(_depth))
 del _depth, _model
 # End of the issue 6 section.
+
+
+# ---------------------------------------------------------------------------
+# The paper's experiments, as the comparison tools group them.
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment(object):
+
+    """One experiment of the paper: a model trained one way, and its tables.
+
+    Runs of one experiment are compared with each other and with the
+    tables that report it (:mod:`mn_chainer.compare`).
+
+    Attributes:
+        name (str): ``'cifar_cnn'``, ``'inception'``, ``'nesterov'`` or
+            ``'densenet'``.
+        title (str): Human-readable name (``'CIFAR CNN'``).
+        tables (tuple of str): The paper's table ids reporting it
+            (``'table2'``, ``'table3'``); an id followed by ``_`` and more
+            (``'table3_cifar_cnn_steps'``, a preset table's
+            ``'table6_decay_0.1_at_0.5_0.75'``) names it too.
+        models (tuple of str): Registered models trained only in this
+            experiment, so that a run naming no table is still placed.
+        epoch (int): The paper's training length in epochs.
+        batchsize (int): The paper's mini-batch size.
+        results (dict): Form (``'accuracy'``: Tables II/IV, ``'steps'``:
+            Tables III/V/VI, ``'error'``: DenseNet) -> ``(key, label)``:
+            the section of :func:`mn_chainer.paper.load_paper_results` and
+            its caption (``'Table II'``).
+
+    """
+
+    name: str
+    title: str
+    tables: typing.Tuple[str, ...]
+    models: typing.Tuple[str, ...]
+    epoch: int
+    batchsize: int
+    results: typing.Dict[str, typing.Tuple[str, str]]
+
+
+def _experiment(name, title, tables, models, training, results):
+    return Experiment(name, title, tables, models, training['epoch'],
+                      training['batchsize'], results)
+
+
+#: The paper's experiments, by name.
+EXPERIMENTS = collections.OrderedDict((e.name, e) for e in (
+    _experiment('cifar_cnn', 'CIFAR CNN', ('table2', 'table3'),
+                ('cifar_cnn',), _TABLE2_TRAINING,
+                {'accuracy': ('table2_cifar_cnn', 'Table II'),
+                 'steps': ('table3_cifar_cnn_steps', 'Table III')}),
+    _experiment('inception', 'Inception-V3', ('table4', 'table5'),
+                ('inception_v3',), _TABLE4_TRAINING,
+                {'accuracy': ('table4_inception_v3', 'Table IV'),
+                 'steps': ('table5_inception_v3_steps', 'Table V')}),
+    _experiment('nesterov', 'Inception-V3, Nesterov, CIFAR-100',
+                ('table6',), (), _TABLE6_TRAINING,
+                {'steps': ('table6_inception_v3_nesterov_cifar100',
+                           'Table VI')}),
+    _experiment('densenet', 'DenseNet, CIFAR-100', ('densenet',),
+                ('densenet',) + tuple(DENSENET_MODELS.values()),
+                _DENSENET_TRAINING,
+                {'error': ('densenet_cifar100', 'DenseNet (§4.4)')}),
+))
+
+
+def experiment_of_table(table):
+    """Returns the name of the experiment a paper table id reports.
+
+    Args:
+        table (str): ``'table2'``, ``'Table5'``, ``'table3_cifar_cnn_steps'``,
+            a preset table id (``'densenet_l40'``), ...
+
+    Raises:
+        ValueError: For a table of no experiment (the message lists the
+            valid ids).
+
+    """
+    key = str(table).lower().replace('-', '_')
+    for experiment in EXPERIMENTS.values():
+        for table_id in experiment.tables:
+            if key == table_id or key.startswith(table_id + '_'):
+                return experiment.name
+    raise ValueError('unknown paper table {!r}; valid tables: {}'.format(
+        table, ', '.join(t for e in EXPERIMENTS.values() for t in e.tables)))
+
+
+def experiment_of_model(model):
+    """Returns the experiment a model is trained in, or None if several."""
+    for experiment in EXPERIMENTS.values():
+        if model in experiment.models:
+            return experiment.name
+    return None

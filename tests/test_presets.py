@@ -155,3 +155,49 @@ def test_register_table_rejects_duplicates_and_colons():
             lambda paper, dataset: {})
     with pytest.raises(ValueError):
         presets.register_table('a:b', 'bad', 'cifar_cnn', ('cifar10',))
+
+
+def test_every_preset_table_belongs_to_an_experiment_of_its_length():
+    """The comparison tools' experiments and the presets agree: each preset
+    row trains as long, and with the batch size, of its experiment."""
+    for table_id in presets.tables():
+        experiment = presets.EXPERIMENTS[presets.experiment_of_table(
+            table_id)]
+        table = presets._get_table(table_id)
+        for dataset in table.datasets:
+            for preset in presets._build(table_id, dataset).values():
+                assert (preset.epoch, preset.batchsize) == (
+                    experiment.epoch, experiment.batchsize), preset.id
+        if experiment.models:
+            assert table.model in experiment.models
+
+
+def test_experiment_results_name_paper_sections():
+    paper = mn_chainer.paper.load_paper_results()
+    for experiment in presets.EXPERIMENTS.values():
+        assert experiment.results
+        for form, (key, label) in experiment.results.items():
+            assert form in ('accuracy', 'steps', 'error')
+            assert key in paper and label
+
+
+@pytest.mark.parametrize('table,experiment', [
+    ('table2', 'cifar_cnn'), ('Table3', 'cifar_cnn'),
+    ('table3_cifar_cnn_steps', 'cifar_cnn'), ('table5', 'inception'),
+    ('table6_decay_0.1_at_0.5_0.75', 'nesterov'),
+    ('densenet_l100', 'densenet'), ('densenet_cifar100', 'densenet'),
+])
+def test_experiment_of_table(table, experiment):
+    assert presets.experiment_of_table(table) == experiment
+
+
+def test_experiment_of_unknown_table_lists_valid_ids():
+    with pytest.raises(ValueError, match='valid tables: table2, table3'):
+        presets.experiment_of_table('table22')
+
+
+def test_experiment_of_model():
+    assert presets.experiment_of_model('cifar_cnn') == 'cifar_cnn'
+    assert presets.experiment_of_model('densenet100') == 'densenet'
+    assert presets.experiment_of_model('inception_v3') == 'inception'
+    assert presets.experiment_of_model('resnet') is None
