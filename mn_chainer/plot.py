@@ -3,7 +3,7 @@
 Usage::
 
     python -m mn_chainer.plot curves RUN_DIR [RUN_DIR ...] [-o curves.png]
-        [--labels ...] [--window 10]
+        [--labels ...] [--window 10] [--group-by row | --groups ...]
     python -m mn_chainer.plot effective-k RUN_DIR [RUN_DIR ...]
         [-o effective_k.png] [--layers ...]
     python -m mn_chainer.plot mixture RUN_DIR_OR_NPZ [--layer NAME]
@@ -11,7 +11,9 @@ Usage::
 
 * ``curves``: test error (%) vs epoch of several runs, each with a shaded
   band of one standard deviation computed within a sliding window of 10
-  epochs around each epoch (paper Fig. 2).
+  epochs around each epoch (paper Fig. 2); with ``--group-by row`` (or
+  ``--groups``) the runs of a group (the seeds of a row) become one mean
+  curve with a band of one standard error over the seeds.
 * ``effective-k``: the effective number of mixture components of every MN
   layer over training, from the ``mn/<name>/effective_k`` log keys written
   by :class:`mn_chainer.extensions.MixtureMonitor` (paper Fig. 9).
@@ -26,6 +28,7 @@ Figures are drawn with matplotlib's Agg canvas (no display needed) and
 saved as PNG.
 """
 import argparse
+import collections
 import os
 import sys
 import zipfile
@@ -35,6 +38,8 @@ import matplotlib.ticker
 import numpy
 
 import mn_chainer.cli
+import mn_chainer.logs
+import mn_chainer.stats
 from mn_chainer.logs import ACCURACY_KEY
 from mn_chainer.logs import load_log  # NOQA: F401 (part of this API)
 from mn_chainer.logs import LogError
@@ -97,7 +102,8 @@ def error_series(log, key=ACCURACY_KEY):
     return epochs, error
 
 
-def plot_curves(runs, path, window=10, key=ACCURACY_KEY, title=None):
+def plot_curves(runs, path, window=10, key=ACCURACY_KEY, title=None,
+                groups=None):
     """Test error vs epoch with a windowed one-std band (paper Fig. 2).
 
     Args:
@@ -106,11 +112,19 @@ def plot_curves(runs, path, window=10, key=ACCURACY_KEY, title=None):
         window (int): Sliding window length in epochs.
         key (str): Log key of the test accuracy (a fraction).
         title (str or None): Figure title.
+        groups (list of str or None): Group of each run (e.g. its paper
+            row). Given, the runs of a group (its seeds) are drawn as one
+            mean curve with a band of +/- one standard error over the runs
+            (each run as a thin line), instead of one curve per run with
+            its windowed band; ``window`` is not used. The runs of a group
+            must be evaluated at the same epochs.
 
     Returns:
         str: ``path``.
 
     """
+    if groups is not None:
+        return _plot_group_curves(runs, groups, path, key, title)
     fig = _figure((7, 4.5))
     ax = fig.add_subplot(1, 1, 1)
     for i, (label, log) in enumerate(runs):
@@ -128,6 +142,75 @@ def plot_curves(runs, path, window=10, key=ACCURACY_KEY, title=None):
     ax.set_ylabel('test error (%)')
     ax.set_title(title or 'Test error ({}-epoch window mean +/- 1 std)'
                  .format(window))
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc='upper right', fontsize='small')
+    return _save(fig, path)
+
+
+def group_error_curves(runs, groups, key=ACCURACY_KEY):
+    """Mean test error and its standard error over the runs of each group.
+
+    Args:
+        runs (list of (str, list)): ``(label, log)`` pairs.
+        groups (list of str): Group of each run.
+        key (str): Log key of the test accuracy (a fraction).
+
+    Returns:
+        collections.OrderedDict: group -> ``(epochs, errors, mean, se)``
+        in order of first appearance: the epochs, the ``(runs, epochs)``
+        test errors in %, their mean over the runs and its standard error
+        (``std(ddof=1) / sqrt(runs)``; ``None`` for a single run).
+
+    Raises:
+        ValueError: For a log without ``key`` or runs of one group
+            evaluated at different epochs.
+
+    """
+    if len(groups) != len(runs):
+        raise ValueError('groups: one group per run needed ({} runs, {} '
+                         'groups)'.format(len(runs), len(groups)))
+    members = collections.OrderedDict()
+    for (label, log), group in zip(runs, groups):
+        epochs, error = error_series(log, key)
+        if not len(epochs):
+            raise ValueError('{}: no {!r} in the log'.format(label, key))
+        members.setdefault(group, []).append((label, epochs, error))
+    curves = collections.OrderedDict()
+    for group, series in members.items():
+        first_label, epochs, _ = series[0]
+        for label, other, _ in series[1:]:
+            if len(other) != len(epochs) or (other != epochs).any():
+                raise ValueError(
+                    'group {}: its runs are evaluated at different epochs: '
+                    '{} at {} epochs, {} at {}; plot them without groups'
+                    .format(group, first_label, len(epochs), label,
+                            len(other)))
+        errors = numpy.stack([error for _, _, error in series])
+        mean, se = mn_chainer.stats.mean_se_columns(errors)
+        curves[group] = (epochs, errors, mean, se)
+    return curves
+
+
+def _plot_group_curves(runs, groups, path, key, title):
+    """Mean test error +/- one SE over the runs of each group."""
+    curves = group_error_curves(runs, groups, key)
+    fig = _figure((7, 4.5))
+    ax = fig.add_subplot(1, 1, 1)
+    for i, (group, (epochs, errors, mean, se)) in enumerate(curves.items()):
+        color = 'C{}'.format(i % 10)
+        for error in errors:
+            ax.plot(epochs, error, color=color, alpha=0.3, linewidth=0.6)
+        n = len(errors)
+        ax.plot(epochs, mean, color=color, linewidth=1.8,
+                label='{} ({} run{}, min of mean {:.2f}%{})'.format(
+                    group, n, '' if n == 1 else 's', mean.min(),
+                    '' if se is not None else ', no SE band'))
+        if se is not None:
+            ax.fill_between(epochs, mean - se, mean + se, color=color,
+                            alpha=0.2, linewidth=0)
+    ax.set_xlabel('epoch')
+    ax.set_ylabel('test error (%)')
+    ax.set_title(title or 'Test error: mean over seeds +/- 1 SE')
     ax.grid(True, alpha=0.3)
     ax.legend(loc='upper right', fontsize='small')
     return _save(fig, path)
@@ -343,6 +426,27 @@ def _labels(paths, labels):
     return labels
 
 
+def _groups(args):
+    """Group of each run from ``--groups`` or ``--group-by`` (or None)."""
+    if args.groups is not None:
+        if len(args.groups) != len(args.runs):
+            raise mn_chainer.cli.UsageError(
+                '--groups needs one group per run ({} runs, {} groups)'
+                .format(len(args.runs), len(args.groups)))
+        return args.groups
+    if args.group_by is None:
+        return None
+    groups = []
+    for path in args.runs:
+        settings = mn_chainer.logs.load_args(path)
+        if settings is None or settings.get(args.group_by) is None:
+            raise mn_chainer.cli.CommandError(
+                '{}: no {!r} in its args.json to group by'.format(
+                    path, args.group_by))
+        groups.append(str(settings[args.group_by]))
+    return groups
+
+
 def _parser():
     parser = argparse.ArgumentParser(
         prog='mn-plot',
@@ -358,6 +462,14 @@ def _parser():
     p.add_argument('--key', default=ACCURACY_KEY)
     p.add_argument('--title', default=None)
     p.add_argument('-o', '--out', default='curves.png')
+    grouping = p.add_mutually_exclusive_group()
+    grouping.add_argument('--group-by', default=None, metavar='SETTING',
+                          help='group the runs by this args.json setting '
+                               '(e.g. row): one mean curve +/- SE over the '
+                               'runs of each group')
+    grouping.add_argument('--groups', nargs='+', default=None,
+                          metavar='GROUP',
+                          help='group of each run, in order (as --group-by)')
 
     p = sub.add_parser('effective-k', help='effective K per MN layer over '
                                            'training (Fig. 9)')
@@ -394,7 +506,8 @@ def _main(argv):
         runs = list(zip(labels, [load_log(p) for p in args.runs]))
         if args.command == 'curves':
             path = plot_curves(runs, args.out, window=args.window,
-                               key=args.key, title=args.title)
+                               key=args.key, title=args.title,
+                               groups=_groups(args))
         else:
             path = plot_effective_k(runs, args.out, layers=args.layers,
                                     title=args.title)
