@@ -2,10 +2,15 @@
 
 Loops over components and points are spelled out on purpose: these are the
 references the project's vectorised code is compared with, so they share
-none of its code.
+none of its code.  The gradients are Chainer's automatic differentiation of
+the same equations in float64 (:func:`transform_gradients`), so the
+project's hand-written backward is checked against a derivation of its own.
 """
 import numpy
 from scipy import special
+
+import chainer
+import chainer.functions as F
 
 
 def points_of(x):
@@ -49,6 +54,65 @@ def mixture_normalization(x, tau, gamma, beta, eps=2e-5, relu=False):
             z = numpy.maximum(z, 0)
         y += pt[:, j:j + 1] / numpy.sqrt(pi[j]) * z
     return unpoints(y, numpy.shape(x))
+
+
+def mixture_normalization_variable(x, tau, gamma, beta, eps=2e-5,
+                                   relu=False):
+    """Eqs. 34-37 (and 40) in float64 with :mod:`chainer.functions`.
+
+    ``x``, ``gamma``, ``beta`` are float64 Variables (differentiable),
+    ``tau`` a constant array.  Two passes per component: the mean, then
+    the squared deviations from it.
+    """
+    shape = x.shape
+    n_channels = shape[1]
+    px = F.reshape(F.moveaxis(F.reshape(x, (shape[0], n_channels, -1)), 1, 2),
+                   (-1, n_channels))
+    pt = points_of(tau)
+    m = pt.shape[0]
+    y = None
+    for j in range(pt.shape[1]):
+        s = pt[:, j].sum()
+        v = numpy.broadcast_to((pt[:, j] / s)[:, None], (m, n_channels))
+        mean = F.sum(px * v, axis=0)
+        diff = px - F.broadcast_to(mean, (m, n_channels))
+        var = F.sum(diff * diff * v, axis=0)
+        x_hat = diff / F.broadcast_to(F.sqrt(var + eps), (m, n_channels))
+        z = (F.broadcast_to(gamma, (m, n_channels)) * x_hat
+             + F.broadcast_to(beta, (m, n_channels)))
+        if relu:
+            z = F.relu(z)
+        a = numpy.broadcast_to((pt[:, j] / numpy.sqrt(s / m))[:, None],
+                               (m, n_channels))
+        y = z * a if y is None else y + z * a
+    y = F.reshape(y, (shape[0], -1, n_channels))
+    return F.reshape(F.moveaxis(y, 2, 1), shape)
+
+
+def transform_gradients(x, tau, gamma, beta, gy, eps=2e-5, relu=False,
+                        ggrads=None):
+    """Gradients of Eqs. 34-37 (40) in float64 by automatic differentiation.
+
+    Returns ``(gx, ggamma, gbeta)`` for the output gradient ``gy``; with
+    ``ggrads = (ggx, gggamma, ggbeta)`` also the second-order gradients
+    ``(gx2, ggamma2, ggy2)`` of ``<gx, ggx> + <ggamma, gggamma> + <gbeta,
+    ggbeta>`` with respect to ``x``, ``gamma`` and ``gy``.
+    """
+    def as64(a):
+        return chainer.Variable(numpy.asarray(a, dtype=numpy.float64))
+
+    xv, gv, bv, gyv = (as64(a) for a in (x, gamma, beta, gy))
+    tau = numpy.asarray(tau, dtype=numpy.float64)
+    with chainer.using_config('enable_backprop', True):
+        y = mixture_normalization_variable(xv, tau, gv, bv, eps, relu)
+        grads = chainer.grad([y], [xv, gv, bv], grad_outputs=[gyv],
+                             enable_double_backprop=ggrads is not None)
+        first = tuple(g.array for g in grads)
+        if ggrads is None:
+            return first
+        second = chainer.grad(list(grads), [xv, gv, gyv],
+                              grad_outputs=[as64(g) for g in ggrads])
+    return first + tuple(g.array for g in second)
 
 
 def diag_gaussian_posterior(px, weights, means, variances):

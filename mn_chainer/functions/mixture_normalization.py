@@ -16,7 +16,21 @@ Notation (DESIGN §1.2-1.3), for points ``i`` (the channel vectors
 
 with ``f`` the identity, or ``relu`` for the per-component rectification of
 Eq. 40.  With ``K = 1`` (``tau = 1``) this is batch normalization.
+
+Float32 accuracy: the statistics come from sums over the
+points, ``sum_i tau_ik (x_i - c)`` and ``sum_i tau_ik (x_i - c)^2``, taken
+about a per-channel origin ``c`` (the *shift*), so that ``E_v[x^2] -
+mean^2`` does not cancel when the activations lie far from zero; the
+transform and its gradients are then evaluated on ``x - c`` with the means
+relative to ``c`` (a common translation changes neither).  The shift is
+the mixture's mean in channels where some component lies more than
+``sqrt(SHIFT_RATIO)`` standard deviations from zero, and zero elsewhere
+(:func:`statistics_shift`), so that exact zeros of rectified activations
+stay exact.
 """
+import collections
+import numbers
+
 import numpy
 
 import chainer
@@ -52,8 +66,142 @@ def _component_sums(xp, x3, t3):
     return xp.matmul(x3, t3.transpose(0, 2, 1)).sum(axis=0).T
 
 
-def component_statistics(xp, x3, t3, eps, reducer=None):
+#: Squared distance from the origin, in standard deviations, beyond which
+#: a component's sums are taken about a shift: the relative error of
+#: ``E_v[x^2] - mean^2`` in float32 is a few float32 epsilons times
+#: ``mean^2 / (var + eps)`` (below 1e-5 up to this ratio).
+SHIFT_RATIO = 64.0
+
+
+def statistics_shift(weights, means, variances, eps=2e-5):
+    """Per-channel origin of the component sums of a mixture's statistics.
+
+    A component ``k`` whose mean lies far from zero in units of its
+    standard deviation, ``mean_k^2 / (var_k + eps) > SHIFT_RATIO``, loses
+    precision in ``E_v[x^2] - mean^2``; taken about a shift ``c``, the
+    loss scales with ``(mean_k - c)^2 / (var_k + eps)`` instead.  In such
+    channels the shift is the mixture's mean ``sum_k w_k mean_k /
+    sum_k w_k`` (for the link's fitted mixture: the global mean of the
+    points, identical on every worker of a data-parallel job), where that
+    lowers the worst ratio over the components; elsewhere it is zero,
+    which keeps exact zeros exact (a component of rectified activations
+    whose points are all zero in a channel keeps variance 0 there).
+
+    Args:
+        weights: Component weights ``(K,)`` (any positive scale; components
+            of weight 0 are ignored).
+        means: Component means ``(K, C)``.
+        variances: Component variances ``(K, C)``.
+        eps (float): The transform's ``eps``, added to the variances.
+
+    Returns:
+        ``0.0`` where no channel needs a shift, else an array ``(C,)``
+        (zero in the channels that need none).
+    """
+    xp = backend.get_array_module(means)
+    present = (weights > 0)[:, None]
+    total = xp.maximum(weights.sum(), numpy.finfo(weights.dtype).tiny)
+    centre = (weights @ means) / total
+    scale = variances + eps
+
+    def worst_ratio(origin):
+        d = means - origin
+        return xp.where(present, d * d / scale, 0).max(axis=0)
+
+    ratio = worst_ratio(0)
+    shifted = (ratio > SHIFT_RATIO) & (worst_ratio(centre) < ratio)
+    if not bool(shifted.any()):
+        return 0.0
+    return xp.where(shifted, centre, 0)
+
+
+def _shift_array(xp, shift, channels, dtype, where):
+    """``shift`` as a ``(C,)`` array of ``dtype``, or None for zero."""
+    if isinstance(shift, numbers.Real) and shift == 0:
+        return None
+    shift = xp.asarray(shift)
+    if shift.ndim > 1 or shift.size not in (1, channels):
+        raise ValueError(
+            '{}: shift must be a scalar or have shape ({},) (one per '
+            'channel), got shape {}'.format(where, channels, shift.shape))
+    if shift.dtype.kind not in 'biuf' or not bool(
+            xp.isfinite(shift).all()):
+        raise ValueError('{}: shift must be finite real numbers'.format(
+            where))
+    return xp.broadcast_to(shift.astype(dtype, copy=False),
+                           (channels,)).copy()
+
+
+def _shifted(x3, shift):
+    """``x3 - shift`` over the channel axis (``x3`` itself for None)."""
+    return x3 if shift is None else x3 - shift[None, :, None]
+
+
+class ComponentStatistics(collections.namedtuple(
+        'ComponentStatistics',
+        ('s', 'mean', 'var', 'inv_std', 'm', 'shift', 'shifted_mean'))):
+
+    """Responsibility-weighted statistics of the components of a batch.
+
+    Attributes:
+        s: Sums of the responsibilities ``(K,)`` (totals over the workers).
+        mean: Component means ``(K, C)``.
+        var: Component variances ``(K, C)``.
+        inv_std: ``1 / sqrt(var + eps)``, ``(K, C)``.
+        m: Number of points (over the workers), an array ``(1,)``.
+        shift: The per-channel origin of the sums ``(C,)``, or None (the
+            sums were taken about zero).
+        shifted_mean: ``mean - shift``, computed about the shift (so
+            accurate however large the shift); ``mean`` for None.
+    """
+
+    __slots__ = ()
+
+
+def _sums_statistics(xp, xc, t3, eps, reducer, shift):
+    """Statistics from the sums of ``xc = x - shift`` (one all-reduce)."""
+    tiny = numpy.finfo(xc.dtype).tiny
+    s, sum_x, sum_sq, m = gmm._allreduce(
+        xp, reducer, t3.sum(axis=(0, 2)), _component_sums(xp, xc, t3),
+        _component_sums(xp, xc * xc, t3),
+        xp.full(1, xc.shape[0] * xc.shape[2], xc.dtype))
+    s_safe = xp.maximum(s, tiny)[:, None]
+    shifted_mean = sum_x / s_safe
+    var = xp.maximum(sum_sq / s_safe - shifted_mean * shifted_mean, 0)
+    inv_std = 1 / xp.sqrt(var + eps)
+    mean = shifted_mean if shift is None else shifted_mean + shift
+    return ComponentStatistics(s, mean, var, inv_std, m, shift,
+                               shifted_mean)
+
+
+def _statistics_and_shifted(xp, x3, t3, eps, reducer, shift):
+    """Component statistics and ``x3 - shift`` (see
+    :func:`component_statistics`)."""
+    stats = None
+    if shift is None:
+        # Sums about zero first; about the batch's mean only where they
+        # cancel (a second all-reduce, then, with a reducer).
+        stats = _sums_statistics(xp, x3, t3, eps, reducer, None)
+        shift = statistics_shift(stats.s, stats.mean, stats.var, eps)
+    shift = _shift_array(xp, shift, x3.shape[1], x3.dtype,
+                         'mixture_normalization')
+    if shift is None:
+        if stats is None:
+            stats = _sums_statistics(xp, x3, t3, eps, reducer, None)
+        return stats, x3
+    xc = _shifted(x3, shift)
+    return _sums_statistics(xp, xc, t3, eps, reducer, shift), xc
+
+
+def component_statistics(xp, x3, t3, eps, reducer=None, shift=None):
     """Responsibility-weighted statistics of every component.
+
+    The sums ``sum_i t_ik``, ``sum_i t_ik (x_i - c)`` and
+    ``sum_i t_ik (x_i - c)^2`` are taken about a per-channel shift ``c`` and
+    summed over the workers with one all-reduce; the variance is
+    ``E_v[(x - c)^2] - (mean - c)^2`` (clipped at zero), accurate in float32
+    when ``c`` lies within a few standard deviations of the components
+    (:func:`statistics_shift`).
 
     Args:
         xp: Array module.
@@ -62,22 +210,17 @@ def component_statistics(xp, x3, t3, eps, reducer=None):
         eps (float): Added to the variances before the square root.
         reducer (~mn_chainer.gmm.Reducer): Sums the statistics over the
             workers of a data-parallel job (None: this batch alone).
+        shift: The origin ``c``: a scalar or a ``(C,)`` array, the same on
+            every worker (``0``: about zero).  None chooses it from the
+            batch: the sums are taken about zero, and taken again about
+            the batch's mean where :func:`statistics_shift` asks for it
+            (with a reducer: a second all-reduce, only then).
 
     Returns:
-        tuple: ``s (K,)``, ``mean (K, C)``, ``var (K, C)``, ``inv_std (K, C)``
-        (``1 / sqrt(var + eps)``) and the number of points ``m``.  The
-        variance is computed as ``E_v[x^2] - mean^2`` (clipped at zero).
+        ComponentStatistics: ``s``, ``mean``, ``var``, ``inv_std``, ``m``,
+        ``shift`` and ``shifted_mean``.
     """
-    tiny = numpy.finfo(x3.dtype).tiny
-    s, sum_x, sum_sq, m = gmm._allreduce(
-        xp, reducer, t3.sum(axis=(0, 2)), _component_sums(xp, x3, t3),
-        _component_sums(xp, x3 * x3, t3),
-        xp.full(1, x3.shape[0] * x3.shape[2], x3.dtype))
-    s_safe = xp.maximum(s, tiny)[:, None]
-    mean = sum_x / s_safe
-    var = xp.maximum(sum_sq / s_safe - mean * mean, 0)
-    inv_std = 1 / xp.sqrt(var + eps)
-    return s, mean, var, inv_std, m
+    return _statistics_and_shifted(xp, x3, t3, eps, reducer, shift)[0]
 
 
 def _coefficients(xp, t3, s, m):
@@ -92,7 +235,11 @@ def _coefficients(xp, t3, s, m):
 
 
 def _apply_forward(xp, x3, a, gamma, beta, mean, inv_std, relu):
-    """Eqs. 34 + 37 (``relu=False``) or Eq. 40 (``relu=True``)."""
+    """Eqs. 34 + 37 (``relu=False``) or Eq. 40 (``relu=True``).
+
+    ``x3`` and ``mean`` may share any per-channel translation (the shifted
+    activations and means).
+    """
     if not relu:
         # Linear in x: y_i = x_i * sum_k a_ik gamma inv_std_k
         #                  - sum_k a_ik (gamma mean_k inv_std_k - beta),
@@ -123,20 +270,33 @@ class MixtureNormalization(function_node.FunctionNode):
     Inputs are ``(x, tau, gamma, beta)``; gradients flow into ``x`` (through
     the component means and variances), ``gamma`` and ``beta``, never into
     ``tau``.  After :meth:`forward`, the component statistics actually used
-    are available as ``s``, ``pi``, ``mean`` and ``var`` (raw arrays).
+    are available as ``s``, ``pi``, ``mean`` and ``var`` (raw arrays), and
+    ``shift``, the per-channel origin they were summed about (None: zero;
+    see :func:`component_statistics`).
+
+    Args:
+        eps (float): Added to the variances.
+        relu (bool): Per-component ReLU (Eq. 40).
+        reducer (~mn_chainer.gmm.Reducer): Sums the statistics over the
+            workers of a data-parallel job (None: this batch alone).
+        shift: Origin of the statistics' sums, a scalar or ``(C,)``, the
+            same on every worker; None chooses it from the batch.
     """
 
     s = None
     mean = None
     var = None
     inv_std = None
+    shift = None
+    shifted_mean = None
 
-    def __init__(self, eps=2e-5, relu=False, reducer=None):
+    def __init__(self, eps=2e-5, relu=False, reducer=None, shift=None):
         if not eps > 0:
             raise ValueError('eps must be positive, got {!r}'.format(eps))
         self.eps = float(eps)
         self.relu = bool(relu)
         self.reducer = reducer
+        self._requested_shift = shift
 
     @property
     def pi(self):
@@ -168,11 +328,13 @@ class MixtureNormalization(function_node.FunctionNode):
         dtype = _compute_dtype(x.dtype)
         x3 = _as3d(x).astype(dtype, copy=False)
         t3 = _as3d(tau).astype(dtype, copy=False)
-        self.s, self.mean, self.var, self.inv_std, self.m = \
-            component_statistics(xp, x3, t3, self.eps, self.reducer)
+        stats, xc = _statistics_and_shifted(
+            xp, x3, t3, self.eps, self.reducer, self._requested_shift)
+        (self.s, self.mean, self.var, self.inv_std, self.m, self.shift,
+         self.shifted_mean) = stats
         a = _coefficients(xp, t3, self.s, self.m)
-        y = _apply_forward(xp, x3, a, gamma.astype(dtype, copy=False),
-                           beta.astype(dtype, copy=False), self.mean,
+        y = _apply_forward(xp, xc, a, gamma.astype(dtype, copy=False),
+                           beta.astype(dtype, copy=False), self.shifted_mean,
                            self.inv_std, self.relu)
         return y.reshape(x.shape).astype(x.dtype, copy=False),
 
@@ -180,8 +342,8 @@ class MixtureNormalization(function_node.FunctionNode):
         x, tau, gamma, beta = self.get_retained_inputs()
         gy, = grad_outputs
         gx, ggamma, gbeta = MixtureNormalizationGrad(
-            self.eps, self.relu, self.s, self.m, self.mean, self.inv_std,
-            self.reducer).apply(
+            self.eps, self.relu, self.s, self.m, self.shifted_mean,
+            self.inv_std, self.reducer, self.shift).apply(
                 (x, tau, gamma, beta, gy))
         return gx, None, ggamma, gbeta
 
@@ -201,9 +363,21 @@ class MixtureNormalizationGrad(function_node.FunctionNode):
 
     Its own backward (double backprop) differentiates the same transform
     written with :mod:`chainer.functions`.
+
+    Args:
+        eps (float): Added to the variances.
+        relu (bool): Per-component ReLU (Eq. 40).
+        s: Sums of the responsibilities ``(K,)`` (over all workers).
+        m: Number of points (over all workers).
+        mean: Component means ``(K, C)`` relative to ``shift``.
+        inv_std: ``1 / sqrt(var + eps)``, ``(K, C)``.
+        reducer (~mn_chainer.gmm.Reducer): As in the forward.
+        shift: The per-channel origin ``(C,)`` of ``mean`` (None: zero);
+            the gradient is evaluated on ``x - shift``.
     """
 
-    def __init__(self, eps, relu, s, m, mean, inv_std, reducer=None):
+    def __init__(self, eps, relu, s, m, mean, inv_std, reducer=None,
+                 shift=None):
         self.eps = eps
         self.relu = relu
         self.s = s
@@ -211,13 +385,14 @@ class MixtureNormalizationGrad(function_node.FunctionNode):
         self.reducer = reducer
         self.mean = mean
         self.inv_std = inv_std
+        self.shift = shift
 
     def forward(self, inputs):
         self.retain_inputs((0, 1, 2, 3, 4))
         x, tau, gamma, beta, gy = inputs
         xp = backend.get_array_module(x)
         dtype = _compute_dtype(x.dtype)
-        x3 = _as3d(x).astype(dtype, copy=False)
+        x3 = _shifted(_as3d(x).astype(dtype, copy=False), self.shift)
         t3 = _as3d(tau).astype(dtype, copy=False)
         g3 = _as3d(gy).astype(dtype, copy=False)
         gamma_c = gamma.astype(dtype, copy=False)
@@ -304,7 +479,7 @@ class MixtureNormalizationGrad(function_node.FunctionNode):
         x, tau, gamma, beta, gy = self.get_retained_inputs()
         with chainer.using_config('enable_backprop', True):
             y = _mixture_normalization_graph(
-                x, tau.array, gamma, beta, self.eps, self.relu)
+                x, tau.array, gamma, beta, self.eps, self.relu, self.shift)
             gx, ggamma, gbeta = chainer.grad(
                 [y], [x, gamma, beta], grad_outputs=[gy],
                 enable_double_backprop=True)
@@ -325,14 +500,18 @@ class MixtureNormalizationGrad(function_node.FunctionNode):
             if i in indexes)
 
 
-def _mixture_normalization_graph(x, tau, gamma, beta, eps, relu):
+def _mixture_normalization_graph(x, tau, gamma, beta, eps, relu,
+                                 shift=None):
     """The transform written with :mod:`chainer.functions` (for double
-    backprop); ``tau`` is a raw array (a constant)."""
+    backprop); ``tau`` and ``shift`` (None or ``(C,)``) are raw arrays
+    (constants), and the statistics are computed on ``x - shift``."""
     xp = backend.get_array_module(tau)
     dtype = _compute_dtype(x.dtype)
     F = chainer.functions
     shape = x.shape
     x3 = F.cast(F.reshape(x, (shape[0], shape[1], -1)), dtype)
+    if shift is not None:
+        x3 = x3 - xp.broadcast_to(shift[None, :, None], x3.shape)
     t3 = _as3d(tau).astype(dtype, copy=False)
     s = t3.sum(axis=(0, 2))
     m = t3.shape[0] * t3.shape[2]
@@ -359,7 +538,7 @@ def _mixture_normalization_graph(x, tau, gamma, beta, eps, relu):
 
 def mixture_normalization(x, tau, gamma, beta, **kwargs):
     """mixture_normalization(x, tau, gamma, beta, eps=2e-5, relu=False, \
-reducer=None)
+reducer=None, shift=None)
 
     Mixture Normalizing Transform with given responsibilities.
 
@@ -392,6 +571,15 @@ reducer=None)
             (and their gradients) over the workers of a data-parallel job,
             so that every worker normalizes by the statistics of the global
             batch (None: this batch alone).
+        shift: Per-channel origin about which the statistics are summed
+            (a scalar or ``(C,)``), so that float32 keeps them accurate far
+            from zero; with a reducer it must be the same on every worker.
+            None (the default) chooses it from the batch
+            (:func:`statistics_shift` of the statistics summed about zero,
+            then summed again about the batch's mean only where needed: a
+            second all-reduce then).  The link passes
+            :func:`statistics_shift` of its fitted mixture.  The result
+            does not depend on it beyond rounding.
 
     Returns:
         ~chainer.Variable: Output of the shape and dtype of ``x``.
@@ -403,21 +591,25 @@ reducer=None)
         :class:`mn_chainer.links.MixtureNormalization`,
         :func:`chainer.functions.batch_normalization`
     """
-    eps, relu, reducer = argument.parse_kwargs(
-        kwargs, ('eps', 2e-5), ('relu', False), ('reducer', None))
-    return MixtureNormalization(eps, relu, reducer).apply(
+    eps, relu, reducer, shift = argument.parse_kwargs(
+        kwargs, ('eps', 2e-5), ('relu', False), ('reducer', None),
+        ('shift', None))
+    return MixtureNormalization(eps, relu, reducer, shift).apply(
         (x, tau, gamma, beta))[0]
 
 
 def fixed_mixture_normalization(x, coefficients, gamma, beta, mean, var,
-                                eps=2e-5, relu=False):
+                                eps=2e-5, relu=False, shift=None):
     """Normalization by fixed components (the inference rule, Eqs. 38-39).
 
     ``y_i = sum_j c_ij f(gamma (x_i - mean_j) / sqrt(var_j + eps) + beta)``
     for ``J`` fixed components (for the inference rule: every component of
     every queued mixture, with ``c_ij = w_l tau^l_ik / sqrt(pi^l_k)``).
     Differentiable in ``x``, ``gamma`` and ``beta``; ``coefficients``,
-    ``mean`` and ``var`` are constants.
+    ``mean`` and ``var`` are constants.  Without the ReLU the sum over the
+    components is expanded in ``x_i``, evaluated on ``x - shift`` with the
+    means relative to ``shift`` so that it does not cancel in float32 far
+    from zero.
 
     Args:
         x: Input ``(N, C, *spatial)``.
@@ -426,6 +618,10 @@ def fixed_mixture_normalization(x, coefficients, gamma, beta, mean, var,
         mean, var: Raw arrays ``(J, C)``.
         eps (float): Added to the variances.
         relu (bool): Per-component ReLU (Eq. 40).
+        shift: Per-channel translation (a scalar or ``(C,)``) applied to
+            ``x`` and the means before the expansion; None chooses it with
+            :func:`statistics_shift`, the components weighted by their
+            total coefficient.
 
     Returns:
         ~chainer.Variable: Output of the shape and dtype of ``x``.
@@ -437,13 +633,21 @@ def fixed_mixture_normalization(x, coefficients, gamma, beta, mean, var,
     x3 = F.cast(F.reshape(x, (shape[0], shape[1], -1)), dtype)
     c3 = _as3d(coefficients).astype(dtype, copy=False)
     mean = mean.astype(dtype, copy=False)
-    inv_std = (1 / xp.sqrt(var.astype(dtype, copy=False) + eps))
+    var = var.astype(dtype, copy=False)
+    inv_std = 1 / xp.sqrt(var + eps)
     gamma = F.cast(gamma, dtype)
     beta = F.cast(beta, dtype)
     if not relu:
+        if shift is None:
+            shift = statistics_shift(c3.sum(axis=(0, 2)), mean, var, eps)
+        shift = _shift_array(xp, shift, shape[1], dtype,
+                             'fixed_mixture_normalization')
+        if shift is not None:
+            x3 = x3 - xp.broadcast_to(shift[None, :, None], x3.shape)
+            mean = mean - shift
         scale = _bmm(xp, inv_std.T, c3)
-        shift = _bmm(xp, (mean * inv_std).T, c3)
-        x_hat_sum = x3 * scale - shift
+        offset = _bmm(xp, (mean * inv_std).T, c3)
+        x_hat_sum = x3 * scale - offset
         y = (x_hat_sum * F.broadcast_to(gamma[None, :, None], x3.shape)
              + F.broadcast_to(beta[None, :, None], x3.shape)
              * xp.broadcast_to(c3.sum(axis=1, keepdims=True), x3.shape))

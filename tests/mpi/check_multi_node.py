@@ -3,22 +3,27 @@
 Every worker holds a slice of one global batch.  The multi-node link's
 mixture, forward output, gradients and queue must equal those of a
 single-process :class:`MixtureNormalization` on the concatenated batch (with
-the same seed, hence the same K-means++ seeds) to 1e-6 in float64; then a
+the same seed, hence the same K-means++ seeds) to 1e-6 in float64, and in
+float32 1e4 standard deviations from zero (and the float64 transform); then a
 few data-parallel training steps of the CIFAR CNN with MN must keep every
 worker's parameters and queues identical.  Exits non-zero on any mismatch.
 """
+import os
 import sys
 import warnings
 
 import numpy
 
 warnings.simplefilter('ignore')
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
+    __file__))))  # tests/, for mn_reference
 
 import chainer  # NOQA: E402
 import chainermn  # NOQA: E402
 
 import mn_chainer.links as ML  # NOQA: E402
 from models import cifar_cnn  # NOQA: E402
+import mn_reference  # NOQA: E402
 
 
 def check_layer(comm, relu, shape=(12, 5, 3, 3), k=3):
@@ -71,6 +76,39 @@ def check_layer(comm, relu, shape=(12, 5, 3, 3), k=3):
                                       atol=1e-6)
 
 
+def check_far_from_zero(comm, relu, shape=(12, 4, 3, 3), k=3):
+    """Float32 activations 1e4 sd from zero (float32 BN loses 4e-4 there):
+    the multi-node link matches the single-process one and the float64
+    transform under the single-process responsibilities."""
+    rs = numpy.random.RandomState(1)
+    modes = rs.randint(0, k, size=(shape[0], 1) + shape[2:])
+    scale = numpy.array([1.0, 0.01, 100.0, 3.0])[None, :, None, None]
+    x = ((1e4 + rs.randn(*shape) + 3 * modes) * scale).astype(numpy.float32)
+    gy = rs.randn(*shape).astype(numpy.float32)
+    mine = numpy.array_split(numpy.arange(shape[0]), comm.size)[comm.rank]
+    single = ML.MixtureNormalization(shape[1], n_components=k, relu=relu,
+                                     seed=5, queue_size=2)
+    multi = ML.MultiNodeMixtureNormalization(shape[1], comm, n_components=k,
+                                             relu=relu, seed=5, queue_size=2)
+    xv, xm = chainer.Variable(x.copy()), chainer.Variable(x[mine].copy())
+    y, ym = single(xv), multi(xm)
+    y.grad, ym.grad = gy, gy[mine]
+    y.backward()
+    ym.backward()
+    expected = mn_reference.mixture_normalization(
+        x, single._last_tau, single.gamma.array, single.beta.array,
+        relu=relu)[mine]
+    bound = 2e-5 * numpy.abs(expected).max()
+    assert numpy.abs(ym.array - expected).max() <= bound
+    assert numpy.abs(ym.array - y.array[mine]).max() <= bound
+    numpy.testing.assert_allclose(xm.grad, xv.grad[mine], rtol=1e-4,
+                                  atol=1e-4 * numpy.abs(xv.grad).max())
+    numpy.testing.assert_allclose(multi.queue_means, single.queue_means,
+                                  rtol=1e-6)
+    numpy.testing.assert_allclose(multi.queue_variances,
+                                  single.queue_variances, rtol=1e-4)
+
+
 def check_training(comm):
     model = chainer.links.Classifier(cifar_cnn.CifarCNN(
         n_class=10, widths=(4, 8, 8, 8), mn_layers=['conv2', 'conv3'],
@@ -104,6 +142,7 @@ def main():
     try:
         for relu in (False, True):
             check_layer(comm, relu)
+            check_far_from_zero(comm, relu)
         check_training(comm)
     except Exception as e:  # report and fail the whole job
         import traceback
