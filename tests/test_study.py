@@ -11,19 +11,27 @@ import io
 import json
 import math
 import os
+import signal
+import subprocess
+import sys
 import statistics
+import time
 
 import numpy
 import pytest
 
+import mn_chainer.cli
 from mn_chainer import plot
 from mn_chainer import stats
 from mn_chainer import study
+from mn_chainer import study_report
 
 T975_DF2 = 4.302653   # Student t, 97.5% quantile, 2 degrees of freedom
 T975_DF4 = 2.776445   # 4 degrees of freedom
 
 UPDATES_PER_EPOCH = 32
+
+CommandError = mn_chainer.cli.CommandError
 
 # Test accuracies (fractions) of 4-epoch runs, per seed.
 BN = {0: [0.40, 0.50, 0.55, 0.52],
@@ -145,9 +153,10 @@ def write_study(root, bn=BN, mn=MN):
 
 
 def summarize(paths, **kwargs):
-    runs = [study.load_study_run(p) for p in study.find_run_dirs(paths)]
-    groups, _ = study.group_runs(runs)
-    return study.StudySummary(groups, **kwargs)
+    runs = [study_report.load_study_run(p)
+            for p in study_report.find_run_dirs(paths)]
+    groups, _ = study_report.group_runs(runs)
+    return study_report.StudySummary(groups, **kwargs)
 
 
 def test_summary_by_hand(tmp_path):
@@ -187,7 +196,7 @@ def test_summary_by_hand(tmp_path):
     assert s.target == pytest.approx((0.55 + 0.58 + 0.54) / 3)
     assert s.baseline_reach == {0: None, 1: 96, 2: None}
     assert c.reach == {0: 96, 1: 64, 2: 96}
-    est, never = study.reach_estimate(c.reach)
+    est, never = study_report.reach_estimate(c.reach)
     assert (est.n, never) == (3, 0)
     assert est.mean == pytest.approx(256 / 3.)
     assert est.se == pytest.approx(
@@ -200,7 +209,7 @@ def _csv_tables(text):
 
 
 def test_report_csv_numbers(tmp_path):
-    out = study.report([write_study(tmp_path)], fmt='csv')
+    out = study_report.report([write_study(tmp_path)], fmt='csv')
     summary, curves, paired, reach = _csv_tables(out)
     row = {r['group']: r for r in summary}
     assert row['MN-2']['seeds'] == '3'
@@ -229,7 +238,7 @@ def test_report_csv_numbers(tmp_path):
 @pytest.mark.parametrize('fmt', ['text', 'markdown'])
 def test_report_text_one_seed_group(tmp_path, fmt):
     root = write_study(tmp_path, mn={1: MN[1]})
-    out = study.report([root], fmt=fmt)
+    out = study_report.report([root], fmt=fmt)
     assert 'nan' not in out.lower()
     assert 'MN-2: one seed: standard errors and intervals are undefined' \
         in out
@@ -247,7 +256,7 @@ def test_report_unequal_seed_sets(tmp_path):
     c, = s.comparisons
     assert c.windowed.seeds == [0, 1]
     assert c.windowed.only_a == [5] and c.windowed.only_b == [2]
-    out = study.report([root])
+    out = study_report.report([root])
     assert 'only shared seeds are paired; left out: MN-2 only: 5; BN-2 ' \
            'only: 2' in out
 
@@ -264,10 +273,10 @@ def test_report_setting_differs_in_group(tmp_path):
     root = write_study(tmp_path)
     write_run(os.path.join(root, 'MN-2', 'seed3'), MN[0], 'MN-2', 3,
               lr=0.05)
-    with pytest.raises(study.StudyError, match=r"group MN-2: its runs "
+    with pytest.raises(CommandError, match=r"group MN-2: its runs "
                        r"differ in setting 'lr': 0\.01 in .*; 0\.05 in "
                        r".*seed3"):
-        study.report([root])
+        study_report.report([root])
 
 
 def test_report_seeds_devices_and_outputs_may_differ(tmp_path):
@@ -281,8 +290,8 @@ def test_report_seeds_devices_and_outputs_may_differ(tmp_path):
 def test_report_planned_lengths_differ(tmp_path):
     root = write_study(tmp_path)
     write_run(os.path.join(root, 'MN-2', 'seed3'), MN[0] + [0.6], 'MN-2', 3)
-    with pytest.raises(study.StudyError, match="differ in setting 'epoch'"):
-        study.report([root])
+    with pytest.raises(CommandError, match="differ in setting 'epoch'"):
+        study_report.report([root])
 
 
 def test_report_evaluations_differ(tmp_path):
@@ -294,18 +303,18 @@ def test_report_evaluations_differ(tmp_path):
         e['iteration'] += 1
     with open(os.path.join(path, 'log'), 'w') as f:
         json.dump(log, f)
-    with pytest.raises(study.StudyError, match='runs of different lengths'):
-        study.report([root])
+    with pytest.raises(CommandError, match='runs of different lengths'):
+        study_report.report([root])
 
 
 def test_report_incomplete_run(tmp_path):
     root = write_study(tmp_path)
     path = write_run(os.path.join(root, 'MN-2', 'seed3'), MN[0][:2],
                      'MN-2', 3, epoch=4)
-    with pytest.raises(study.StudyError, match=r'seed3: incomplete: its log '
+    with pytest.raises(CommandError, match=r'seed3: incomplete: its log '
                        r'ends at epoch 2 of 4 .*--skip-incomplete'):
-        study.report([root])
-    out = study.report([root], skip_incomplete=True)
+        study_report.report([root])
+    out = study_report.report([root], skip_incomplete=True)
     assert 'left out (incomplete, log ends at epoch 2 of 4): ' + path in out
     assert '| 3 |' not in out
 
@@ -313,64 +322,74 @@ def test_report_incomplete_run(tmp_path):
 def test_report_duplicate_seed(tmp_path):
     root = write_study(tmp_path)
     write_run(os.path.join(str(tmp_path), 'copy'), BN[0], 'BN-2', 0)
-    with pytest.raises(study.StudyError, match='group BN-2: seed 0 twice'):
-        study.report([root])
+    with pytest.raises(CommandError, match='group BN-2: seed 0 twice'):
+        study_report.report([root])
 
 
 def test_report_baselines(tmp_path):
     root = write_study(tmp_path)
     write_run(os.path.join(root, 'BN-1', 'seed0'), BN[0], 'BN-1', 0,
               lr=0.05)
-    with pytest.raises(study.StudyError, match=r'several BN groups '
+    with pytest.raises(CommandError, match=r'several BN groups '
                        r'\(BN-1, BN-2\): give --baseline'):
-        study.report([root])
-    out = study.report([root], baseline='BN-1')
+        study_report.report([root])
+    out = study_report.report([root], baseline='BN-1')
     assert "the groups differ in 'lr': 0.05 in BN-1; 0.01 in BN-2, MN-2" \
         in out
     assert "Paired difference against BN-1" in out
-    with pytest.raises(study.StudyError, match='no such group'):
-        study.report([root], baseline='BN-7')
+    with pytest.raises(CommandError, match='no such group'):
+        study_report.report([root], baseline='BN-7')
 
 
 def test_report_without_bn_group(tmp_path):
     root = write_study(tmp_path, bn={})
-    out = study.report([root])
+    out = study_report.report([root])
     assert 'no BN group: no paired differences' in out
     assert 'Paired' not in out
 
 
+def _exit_status(argv):
+    with pytest.raises(SystemExit) as e:
+        study.main(argv)
+    return e.value.code
+
+
+def _one_error_line(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith('mn-study: error: ')
+    return err[0]
+
+
 def test_report_cli_errors(tmp_path, capsys):
     root = write_study(tmp_path / 's')
-    with open(os.path.join(root, 'MN-2', 'seed1', 'log'), 'w') as f:
+    assert study.main(['report', root, '--format', 'csv']) == 0
+    assert 'MN-2' in capsys.readouterr().out
+    log = os.path.join(root, 'MN-2', 'seed1', 'log')
+    with open(log, 'w') as f:
         f.write('[{"epoch": 1, "iter')
-    capsys.readouterr()
-    assert study.main(['report', root]) == 1
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1
-    assert err[0].startswith('mn-study: error: ')
-    assert os.path.join(root, 'MN-2', 'seed1', 'log') in err[0]
-    assert 'truncated' in err[0]
+    assert _exit_status(['report', root]) == 1
+    line = _one_error_line(capsys)
+    assert log + ': truncated' in line
 
 
 def test_report_cli_usage_errors(tmp_path, capsys):
-    with pytest.raises(SystemExit) as e:
-        study.main(['report', str(tmp_path / 'missing')])
-    assert e.value.code == 2
-    assert 'missing: not a directory' in capsys.readouterr().err
+    assert _exit_status(['report', str(tmp_path / 'missing')]) == 2
+    assert 'missing: not a directory' in _one_error_line(capsys)
     root = write_study(tmp_path / 's')
-    for argv in (['--window', '0'], ['--confidence', '1.5']):
-        with pytest.raises(SystemExit) as e:
-            study.main(['report', root] + argv)
-        assert e.value.code == 2
+    for argv in (['--window', '0'], ['--confidence', '1.5'],
+                 ['--baseline', 'BN-7']):
+        assert _exit_status(['report', root] + argv) == 2
+        assert argv[0] in _one_error_line(capsys)
     os.makedirs(str(tmp_path / 'empty'))
-    assert study.main(['report', str(tmp_path / 'empty')]) == 1
-    assert 'no run directories' in capsys.readouterr().err
+    assert _exit_status(['report', str(tmp_path / 'empty')]) == 1
+    assert 'no run directories' in _one_error_line(capsys)
 
 
 def test_report_plot(tmp_path):
     root = write_study(tmp_path / 's')
     png = str(tmp_path / 'curves.png')
-    study.report([root], plot=png)
+    study_report.report([root], plot=png)
     with open(png, 'rb') as f:
         assert f.read(8) == b'\x89PNG\r\n\x1a\n'
 
@@ -411,7 +430,7 @@ def test_group_error_curves_refuse_misaligned_runs():
 
 def test_plot_curves_cli_groups(tmp_path, capsys):
     root = write_study(tmp_path / 's', mn={1: MN[1]})
-    dirs = study.find_run_dirs([root])
+    dirs = study_report.find_run_dirs([root])
     png = tmp_path / 'groups.png'
     assert plot.main(['curves'] + dirs + ['--group-by', 'row', '-o',
                                           str(png)]) == 0
@@ -428,3 +447,354 @@ def test_plot_curves_cli_groups(tmp_path, capsys):
                                        str(png)])
     assert e.value.code == 1
     assert "no 'colour' in its args.json" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------
+# mn-study run with a fake trainer
+
+FAKE_TRAINER = r'''
+"""Writes what train_cifar.py writes: args.json, log, snapshot_epoch_<n>.
+
+FAKE_CALLS: file to append each call to (argv, thread variables, pid).
+FAKE_KILL=<row>/seed<k>:<epoch>: SIGKILL itself after that epoch.
+FAKE_USAGE_ERROR=<row>: exit 2 at once for that preset.
+FAKE_SLEEP: seconds per epoch.
+"""
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+
+parser = argparse.ArgumentParser()
+for flag in ('--preset', '--out', '--resume', '--data'):
+    parser.add_argument(flag)
+parser.add_argument('--seed', type=int)
+parser.add_argument('-e', '--epoch', type=int, default=3)
+parser.add_argument('--no-progress', action='store_true')
+args = parser.parse_args()
+with open(os.environ['FAKE_CALLS'], 'a') as f:
+    f.write(json.dumps({
+        'argv': sys.argv[1:], 'pid': os.getpid(),
+        'launched': os.environ.get('FAKE_LAUNCHED'),
+        'threads': [os.environ.get(v) for v in (
+            'OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'MKL_NUM_THREADS')],
+    }) + '\n')
+if os.environ.get('FAKE_USAGE_ERROR') == args.preset:
+    print('fake: error: --preset {}: refused'.format(args.preset),
+          file=sys.stderr)
+    sys.exit(2)
+name = '{}/seed{}'.format(args.preset, args.seed)
+
+
+def write(path, obj):
+    with open(path + '.tmp', 'w') as f:
+        json.dump(obj, f)
+    os.replace(path + '.tmp', path)
+
+
+log = []
+if args.resume:
+    with open(args.resume) as f:
+        log = json.load(f)
+elif os.path.isdir(args.out) and os.listdir(args.out):
+    sys.exit('fake: error: {} holds a run'.format(args.out))
+os.makedirs(args.out, exist_ok=True)
+mn = args.preset.startswith('MN')
+write(os.path.join(args.out, 'args.json'), {
+    'preset': 'table2:' + args.preset, 'table': 'table2',
+    'row': args.preset, 'seed': args.seed, 'epoch': args.epoch,
+    'norm': 'mn' if mn else 'bn', 'mn_layers': ['conv3'] if mn else [],
+    'dataset': 'cifar10', 'out': args.out, 'resume': args.resume})
+for epoch in range(len(log) + 1, args.epoch + 1):
+    time.sleep(float(os.environ.get('FAKE_SLEEP', 0)))
+    log.append({'epoch': epoch, 'iteration': 10 * epoch,
+                'elapsed_time': 0.1 * epoch,
+                'validation/main/accuracy': 0.3 + 0.05 * epoch
+                + 0.01 * args.seed + 0.02 * mn})
+    write(os.path.join(args.out, 'log'), log)
+    write(os.path.join(args.out, 'snapshot_epoch_{}'.format(epoch)), log)
+    if os.environ.get('FAKE_KILL') == '{}:{}'.format(name, epoch):
+        os.kill(os.getpid(), signal.SIGKILL)
+print('fake: done', name)
+'''
+
+
+@pytest.fixture
+def fake(tmp_path, monkeypatch):
+    """The fake trainer command; its calls are read with ``fake.calls()``.
+    """
+    script = tmp_path / 'fake_trainer.py'
+    script.write_text(FAKE_TRAINER)
+    calls = tmp_path / 'calls.jsonl'
+    monkeypatch.setenv('FAKE_CALLS', str(calls))
+    for name in ('FAKE_KILL', 'FAKE_USAGE_ERROR', 'FAKE_SLEEP',
+                 'FAKE_LAUNCHED') + study.THREAD_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
+    class Fake(object):
+        command = [sys.executable, str(script)]
+
+        @staticmethod
+        def calls():
+            if not calls.exists():
+                return []
+            with open(str(calls)) as f:
+                return [json.loads(line) for line in f]
+
+        @staticmethod
+        def reset():
+            if calls.exists():
+                calls.unlink()
+    return Fake
+
+
+def run_study(out, fake, presets=('BN-2', 'MN-2'), seeds=(0, 1),
+              flags=('-e', '3'), **kwargs):
+    stdout = io.StringIO()
+    runner = study.StudyRunner(str(out), list(presets), list(seeds),
+                               list(flags), trainer=fake.command,
+                               stdout=stdout, poll=0.02, **kwargs)
+    try:
+        status = runner.run()
+    finally:
+        run_study.output = stdout.getvalue()
+    return status
+
+
+def _epochs(run_dir):
+    with open(os.path.join(str(run_dir), 'log')) as f:
+        return [e['epoch'] for e in json.load(f)]
+
+
+def test_run_trains_rows_x_seeds_then_skips(tmp_path, fake):
+    out = tmp_path / 'study'
+    assert run_study(out, fake) == 0
+    lines = run_study.output.splitlines()
+    assert lines[0].startswith('study {}: 4 runs (2 presets x 2 seeds): 0 '
+                               'finished, 4 to start; 1 at a time'.format(
+                                   out))
+    names = ['BN-2/seed0', 'BN-2/seed1', 'MN-2/seed0', 'MN-2/seed1']
+    for i, name in enumerate(names, 1):
+        line, = [x for x in lines if x.startswith('[{}/4] {}: '.format(
+            i, name))]
+        assert 'finished in' in line and '(epochs 1-3 of 3;' in line
+        assert 'run left' in line or 'runs left' in line
+        assert 'ETA' in line
+    assert lines[4].endswith('0 runs left, ETA 0s')
+    calls = fake.calls()
+    assert len(calls) == 4
+    for call, name in zip(calls, names):
+        row, seed = name.split('/seed')
+        path = str(out / row / ('seed' + seed))
+        assert call['argv'] == ['--preset', row, '--seed', seed, '--out',
+                                path, '--no-progress', '-e', '3']
+        assert _epochs(path) == [1, 2, 3]
+        with open(path + '.out') as f:
+            text = f.read()
+        assert text.startswith('# mn-study ') and 'fake: done' in text
+    assert call['threads'] == [None, None, None]   # -j 1: left alone
+    with open(str(out / 'study.json')) as f:
+        assert json.load(f) == {'trainer_flags': ['-e', '3'],
+                                'runs': names}
+
+    fake.reset()
+    assert run_study(out, fake) == 0
+    assert fake.calls() == []
+    assert '4 finished, 0 to start' in run_study.output
+    assert run_study.output.count('finished before, skipped') == 4
+    # More seeds: only the new runs are trained.
+    assert run_study(out, fake, seeds=(0, 1, 2)) == 0
+    assert [c['argv'][:4] for c in fake.calls()] == [
+        ['--preset', 'BN-2', '--seed', '2'],
+        ['--preset', 'MN-2', '--seed', '2']]
+    text = study_report.report([str(out)])
+    assert 'BN-2       3  0 1 2' in text
+    # MN's fake accuracy is BN's + 2 points at every epoch and seed.
+    assert '+2.00               0.00  [+2.00, +2.00]' in text
+
+
+def test_run_refuses_other_trainer_flags(tmp_path, fake):
+    out = tmp_path / 'study'
+    assert run_study(out, fake, seeds=(0,)) == 0
+    with pytest.raises(mn_chainer.cli.UsageError, match=r'was run with '
+                       r'trainer flags "-e 3", this command gives "-e 4"'):
+        run_study(out, fake, seeds=(0,), flags=('-e', '4'))
+
+
+def test_run_resumes_a_killed_run(tmp_path, fake, monkeypatch):
+    out = tmp_path / 'study'
+    monkeypatch.setenv('FAKE_KILL', 'MN-2/seed0:2')
+    with pytest.raises(CommandError, match=r'^1 run failed: MN-2/seed0; 1 '
+                       r'not started$'):
+        run_study(out, fake)
+    line, = [x for x in run_study.output.splitlines() if 'FAILED' in x]
+    assert line.startswith('[3/4] MN-2/seed0: FAILED after ')
+    assert ': exited with status -9: ' in line
+    assert line.endswith('(output: {})'.format(out / 'MN-2' / 'seed0.out'))
+    assert _epochs(out / 'MN-2' / 'seed0') == [1, 2]
+    assert len(fake.calls()) == 3   # the study stopped at the failure
+
+    monkeypatch.delenv('FAKE_KILL')
+    fake.reset()
+    assert run_study(out, fake) == 0
+    assert ('2 finished, 1 to resume: MN-2/seed0 (epoch 2), 1 to start'
+            in run_study.output)
+    call, _ = fake.calls()
+    assert call['argv'][-2:] == [
+        '--resume', str(out / 'MN-2' / 'seed0' / 'snapshot_epoch_2')]
+    assert _epochs(out / 'MN-2' / 'seed0') == [1, 2, 3]
+    assert '(epochs 3-3 of 3;' in run_study.output
+
+
+def test_run_stops_after_a_failure(tmp_path, fake, monkeypatch):
+    monkeypatch.setenv('FAKE_USAGE_ERROR', 'BN-2')
+    with pytest.raises(mn_chainer.cli.UsageError, match=r'^1 run failed: '
+                       r'BN-2/seed0; 3 not started$'):
+        run_study(tmp_path / 'a', fake)
+    assert ('exited with status 2: fake: error: --preset BN-2: refused'
+            in run_study.output)
+    assert len(fake.calls()) == 1
+    fake.reset()
+    with pytest.raises(mn_chainer.cli.UsageError, match=r'^2 runs failed: '
+                       r'BN-2/seed0, BN-2/seed1$'):
+        run_study(tmp_path / 'b', fake, keep_going=True)
+    assert len(fake.calls()) == 4
+    assert _epochs(tmp_path / 'b' / 'MN-2' / 'seed1') == [1, 2, 3]
+
+
+def test_run_restarts_a_run_without_snapshot(tmp_path, fake):
+    out = tmp_path / 'study'
+    stale = out / 'MN-2' / 'seed0'
+    stale.mkdir(parents=True)
+    (stale / 'args.json').write_text(json.dumps(
+        {'preset': 'table2:MN-2', 'row': 'MN-2', 'seed': 0, 'epoch': 3}))
+    assert run_study(out, fake, presets=('MN-2',), seeds=(0,)) == 0
+    aside = out / '.aside' / 'MN-2-seed0-1'
+    assert 'MN-2/seed0: interrupted before its first snapshot; moved to ' \
+        '{}, starting again'.format(aside) in run_study.output
+    assert sorted(os.listdir(str(aside))) == ['args.json']
+    assert _epochs(stale) == [1, 2, 3]
+    dirs = study_report.find_run_dirs([str(out)])
+    assert dirs == [str(stale)]    # the moved run is not in the report
+
+
+def test_run_refuses_a_directory_of_another_run(tmp_path, fake):
+    other = tmp_path / 'study' / 'MN-2' / 'seed0'
+    other.mkdir(parents=True)
+    (other / 'args.json').write_text(json.dumps(
+        {'preset': 'table2:MN-2', 'row': 'MN-2', 'seed': 5, 'epoch': 3}))
+    with pytest.raises(CommandError, match='seed0: holds a run of preset '
+                       'table2:MN-2 seed 5, not MN-2 seed 0; move it away'):
+        run_study(tmp_path / 'study', fake, presets=('MN-2',), seeds=(0,))
+    assert fake.calls() == []
+
+
+def test_run_parallel_threads_and_launcher(tmp_path, fake):
+    assert run_study(tmp_path / 'a', fake, jobs=2) == 0
+    per_run = str(max(1, len(os.sched_getaffinity(0)) // 2))
+    assert [c['threads'] for c in fake.calls()] == [[per_run] * 3] * 4
+    assert '2 at a time, {} thread'.format(per_run) in run_study.output
+    assert _epochs(tmp_path / 'a' / 'MN-2' / 'seed1') == [1, 2, 3]
+    fake.reset()
+    assert run_study(tmp_path / 'b', fake, seeds=(0,), threads=3,
+                     launcher=['env', 'FAKE_LAUNCHED=yes']) == 0
+    assert [(c['threads'], c['launched']) for c in fake.calls()] == [
+        (['3'] * 3, 'yes')] * 2
+
+
+@pytest.mark.parametrize('kwargs, match', [
+    (dict(flags=['--seed', '3']), 'trainer flag --seed'),
+    (dict(flags=['--out=x']), 'trainer flag --out=x'),
+    (dict(flags=['-ox']), 'trainer flag -ox'),
+    (dict(flags=['-r', 's']), 'trainer flag -r'),
+    (dict(seeds=[0, 0]), '--seeds repeats 0'),
+    (dict(presets=['MN-2', 'MN-2']), '--presets repeats MN-2'),
+    (dict(presets=['table2:MN-2', 'table2_MN-2']), 'share a directory'),
+    (dict(jobs=0), '-j must be >= 1'),
+    (dict(threads=0), '--threads must be >= 1'),
+])
+def test_run_usage_errors(tmp_path, fake, kwargs, match):
+    with pytest.raises(mn_chainer.cli.UsageError, match=match):
+        run_study(tmp_path / 'study', fake, **kwargs)
+    assert fake.calls() == []
+
+
+def test_run_one_study_per_directory(tmp_path, fake):
+    out = tmp_path / 'study'
+    out.mkdir()
+    with study.StudyLock(str(out)):
+        with pytest.raises(CommandError, match='another mn-study run is '
+                           'using this directory'):
+            run_study(out, fake)
+    assert run_study(out, fake, seeds=(0,)) == 0
+
+
+def test_run_cli(tmp_path, fake, capsys):
+    out = str(tmp_path / 'study')
+    trainer = ' '.join(fake.command)
+    assert study.main(['run', '--presets', 'BN-2', '--seeds', '0', '-o', out,
+                       '--trainer', trainer, '--', '-e', '2']) == 0
+    assert 'all 1 runs finished' in capsys.readouterr().out
+    assert _exit_status(['run', '--presets', 'BN-2', '--seeds', '0', '-o',
+                         out, '--trainer', trainer, '--', '--seed',
+                         '1']) == 2
+    assert 'trainer flag --seed' in _one_error_line(capsys)
+    assert _exit_status(['run', '--presets', 'BN-2', '--seeds', '0', '-o',
+                         out, '--launcher', "'unclosed"]) == 2
+    assert '--launcher' in _one_error_line(capsys)
+
+
+def _study_process(out, fake, *flags):
+    return subprocess.Popen(
+        [sys.executable, '-m', 'mn_chainer.study', 'run', '--presets',
+         'BN-2', '--seeds', '0', '-o', str(out), '--trainer',
+         ' '.join(fake.command), '--'] + list(flags),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _wait_for(path, timeout=60):
+    deadline = time.time() + timeout
+    while not os.path.exists(str(path)):
+        assert time.time() < deadline, 'no {}'.format(path)
+        time.sleep(0.05)
+
+
+def _gone(pid, timeout=5):
+    """Whether process ``pid`` ends (or is a zombie) within ``timeout``."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with open('/proc/{}/stat'.format(pid)) as f:
+                if f.read().rsplit(')', 1)[1].split()[0] == 'Z':
+                    return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.parametrize('signum, status', [
+    (signal.SIGTERM, 128 + signal.SIGTERM), (signal.SIGKILL, -9)])
+def test_run_stopped_study_stops_its_runs(tmp_path, fake, monkeypatch,
+                                          signum, status):
+    # 1 s per epoch: the run would outlive the checks below by far.
+    monkeypatch.setenv('FAKE_SLEEP', '1')
+    out = tmp_path / 'study'
+    proc = _study_process(out, fake, '-e', '20')
+    _wait_for(out / 'BN-2' / 'seed0' / 'snapshot_epoch_1')
+    proc.send_signal(signum)
+    stdout, _ = proc.communicate(timeout=30)
+    assert proc.returncode == status
+    if signum == signal.SIGTERM:
+        assert b'interrupted: stopped BN-2/seed0' in stdout
+    call, = fake.calls()
+    assert _gone(call['pid'])
+    # The next invocation resumes the stopped run from its last snapshot.
+    monkeypatch.setenv('FAKE_SLEEP', '0')
+    fake.reset()
+    assert run_study(out, fake, presets=('BN-2',), seeds=(0,),
+                     flags=('-e', '20')) == 0
+    assert '--resume' in fake.calls()[0]['argv']
+    assert _epochs(out / 'BN-2' / 'seed0') == list(range(1, 21))
