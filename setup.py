@@ -49,6 +49,7 @@ setuptools.setup(
         'console_scripts': [
             'mn-compare = mn_chainer.compare:main',
             'mn-plot = mn_chainer.plot:main',
+            'mn-study = mn_chainer.study:main',
         ],
     },
 )
