@@ -330,6 +330,27 @@ def test_link_queue_and_inference_far_from_zero(relu):
                   5e-4, 'y (test)')
 
 
+def test_link_sums_about_its_fitted_mixture(monkeypatch):
+    """The link passes the shift of its fitted mixture (the same on every
+    worker), so that the statistics take one all-reduce."""
+    shifts = []
+
+    class Recording(MF.MixtureNormalization):
+        def __init__(self, eps, relu, reducer=None, shift=None):
+            shifts.append(shift)
+            super(Recording, self).__init__(eps, relu, reducer, shift)
+
+    monkeypatch.setattr(MF, 'MixtureNormalization', Recording)
+    link = ML.MixtureNormalization(4, n_components=3, seed=0)
+    for offset in (0.0, 1e4):
+        x = _far_inputs(offset, 3)[0]
+        link(x)
+    assert len(shifts) == 2 and numpy.isscalar(shifts[0]) \
+        and shifts[0] == 0
+    numpy.testing.assert_allclose(shifts[1], x.mean(axis=(0, 2, 3)),
+                                  rtol=1e-4)
+
+
 def test_fixed_mixture_normalization_far_from_zero():
     rs = numpy.random.RandomState(5)
     c, j = 4, 6

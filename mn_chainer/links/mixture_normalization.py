@@ -146,6 +146,7 @@ class MixtureNormalization(link.Link):
             dtype, map_mixed16=numpy.float32)
         self._rng = None
         self._last_tau = None
+        self._fit_shift = None  # origin of the transform's sums (_fit)
         self.last_mixture = None
 
         self.queue_weights = None
@@ -290,7 +291,13 @@ class MixtureNormalization(link.Link):
         return self._forward_test(x, x_array, gamma, beta)
 
     def _fit(self, x_array):
-        """Fit the mixture of this batch; returns ``tau (N, K_eff, ...)``."""
+        """Fit the mixture of this batch; returns ``tau (N, K_eff, ...)``.
+
+        Also sets ``_fit_shift``, the fitted mixture's
+        :func:`~mn_chainer.functions.statistics_shift`: the origin about
+        which the transform sums this batch's statistics, the same on every
+        worker (accurate far from zero in float32, in one all-reduce).
+        """
         points = gmm.to_points(x_array)
         if points.shape[0] < self.n_components:
             raise ValueError(
@@ -312,6 +319,8 @@ class MixtureNormalization(link.Link):
                     'or Inf) in the input of shape {}'.format(
                         self._name(), x_array.shape))
             raise
+        self._fit_shift = mn_chainer.functions.statistics_shift(
+            mixture.weights, mixture.means, mixture.variances, self.eps)
         return gmm.from_points(resp.astype(points.dtype, copy=False),
                                x_array.shape)
 
@@ -321,7 +330,7 @@ class MixtureNormalization(link.Link):
         else:
             tau = self._fit(x_array)
         node = mn_chainer.functions.MixtureNormalization(
-            self.eps, self.relu, self._reducer())
+            self.eps, self.relu, self._reducer(), self._fit_shift)
         y, = node.apply((x, tau, gamma, beta))
         if not configuration.config.in_recomputing:
             self._last_tau = tau
