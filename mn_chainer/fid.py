@@ -32,7 +32,8 @@ import scipy.linalg
 import chainer
 from chainer import backend
 import chainer.functions as F
-import chainer.links as L
+
+import mn_chainer.links
 
 
 #: Spatial size the FID Inception network sees (pytorch-fid's resize).
@@ -281,27 +282,22 @@ def _max_pool(x, ksize, stride, pad=0):
     return F.max_pooling_2d(x, ksize, stride, pad, cover_all=False)
 
 
-class BasicConv2d(chainer.Chain):
+class BasicConv2d(mn_chainer.links.Conv2DBNActiv):
 
     """Convolution without bias, batch normalization (eps 1e-3), ReLU.
 
-    The unit of torchvision's Inception-V3 (``BasicConv2d``); the
-    normalization always uses its stored statistics here (the network is a
-    fixed feature extractor).
+    The unit of torchvision's Inception-V3 (``BasicConv2d``), i.e. the
+    project's :class:`~mn_chainer.links.Conv2DBNActiv` with BN's ``eps`` at
+    1e-3; the normalization always uses its stored statistics here (the
+    network is a fixed feature extractor).
 
     """
 
     def __init__(self, in_channels, out_channels, ksize, stride=1, pad=0,
                  initialW=None):
-        super(BasicConv2d, self).__init__()
-        with self.init_scope():
-            self.conv = L.Convolution2D(in_channels, out_channels, ksize,
-                                        stride, pad, nobias=True,
-                                        initialW=initialW)
-            self.bn = L.BatchNormalization(out_channels, eps=1e-3)
-
-    def forward(self, x):
-        return F.relu(self.bn(self.conv(x)))
+        super(BasicConv2d, self).__init__(
+            in_channels, out_channels, ksize, stride, pad, initialW=initialW,
+            norm_kwargs={'eps': 1e-3})
 
 
 class FIDInceptionA(chainer.Chain):

@@ -2,8 +2,8 @@
 
 Every unit holds its normalization as a child link named ``bn`` (a plain
 :class:`chainer.links.BatchNormalization` at construction), so a model can
-name it and :func:`mn_chainer.links.replace_batch_normalization` can swap it
-for Mixture Normalization afterwards.
+name it and :func:`models.normalization.use_mixture_normalization` can swap
+it for Mixture Normalization afterwards.
 
 ``norm_kwargs`` (``None`` by default, never ``{}``) are passed to the
 normalization link's constructor, so one argument sets, e.g., ``eps`` or
@@ -13,40 +13,13 @@ import chainer
 import chainer.functions as F
 import chainer.links as L
 
+import mn_chainer.links
 
-class Conv2DBNActiv(chainer.Chain):
-    """Convolution -> batch normalization -> activation (post-activation).
 
-    The unit of Inception-V3 (Szegedy et al., 2016): the convolution has no
-    bias, since the normalization that follows adds its own ``beta``.
-
-    Args:
-        in_channels (int or None): Input channels (``None``: lazy).
-        out_channels (int): Output channels.
-        ksize (int or tuple of ints): Kernel size.
-        stride (int or tuple of ints): Stride.
-        pad (int or tuple of ints): Padding.
-        activ (callable or None): Activation applied after the norm;
-            ``None`` for identity. Defaults to :func:`chainer.functions.relu`.
-        norm_kwargs (dict or None): Keyword arguments of the norm link.
-
-    """
-
-    def __init__(self, in_channels, out_channels, ksize, stride=1, pad=0,
-                 activ=F.relu, norm_kwargs=None):
-        super(Conv2DBNActiv, self).__init__()
-        self.activ = activ
-        with self.init_scope():
-            self.conv = L.Convolution2D(
-                in_channels, out_channels, ksize, stride, pad, nobias=True)
-            self.bn = L.BatchNormalization(
-                out_channels, **(norm_kwargs or {}))
-
-    def forward(self, x):
-        h = self.bn(self.conv(x))
-        if self.activ is not None:
-            h = self.activ(h)
-        return h
+#: Convolution -> normalization -> activation, the unit of the CIFAR CNN and
+#: Inception-V3 (:class:`mn_chainer.links.Conv2DBNActiv`, also the FID
+#: network's unit).
+Conv2DBNActiv = mn_chainer.links.Conv2DBNActiv
 
 
 class BNActivConv2D(chainer.Chain):

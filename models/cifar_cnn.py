@@ -4,13 +4,9 @@ import collections
 import chainer
 import chainer.functions as F
 import chainer.links as L
-import chainercv.links
 
-import mn_chainer.links
-
-
-#: convolution -> ``L.BatchNormalization`` (child ``bn``) -> ReLU.
-_Block = chainercv.links.Conv2DBNActiv
+from models import blocks
+from models import normalization
 
 
 class CifarCNN(chainer.Chain):
@@ -32,10 +28,11 @@ class CifarCNN(chainer.Chain):
     The network is built with ``L.BatchNormalization``; its norms are named
     ``conv1`` .. ``conv4`` (paths ``/convI/bn``). ``mn_layers`` swaps the
     named ones for :class:`mn_chainer.links.MixtureNormalization` (the
-    paper's "MN at conv3" is ``mn_layers=['conv3']``). Every norm here is
-    followed by ReLU, so MN applies the per-component rectification of the
-    paper's Eq. 40 (``relu=True``) unless ``mn_kwargs`` says ``relu=False``
-    (the plain form, Eq. 34, followed by the block's ReLU).
+    paper's "MN at conv3" is ``mn_layers=['conv3']``) with the defaults of
+    :data:`models.normalization.MN_DEFAULTS`: every norm here is followed
+    by ReLU, so MN applies the per-component rectification of the paper's
+    Eq. 40 (``relu=True``) unless ``mn_kwargs`` says ``relu=False`` (the
+    plain form, Eq. 34, followed by the block's ReLU).
 
     Args:
         n_class (int): Number of classes (10 for CIFAR-10, 100 for
@@ -47,10 +44,13 @@ class CifarCNN(chainer.Chain):
             :class:`mn_chainer.links.MixtureNormalization` (e.g.
             ``n_components``, ``em_iter``, ``relu``, ``seed``).
         norm_kwargs (dict or None): Keyword arguments of every
-            ``L.BatchNormalization`` (e.g. ``decay``, ``eps``; ChainerCV's
-            ``comm`` makes them multi-node BN).
+            ``L.BatchNormalization`` (e.g. ``decay``, ``eps``; a ``comm``
+            makes them ChainerMN's multi-node BN).
 
-    .. seealso:: :func:`mn_chainer.links.replace_batch_normalization`
+    Attributes:
+        mn_layers (list of str): The norms replaced by MN.
+
+    .. seealso:: :func:`models.normalization.use_mixture_normalization`
 
     """
 
@@ -70,22 +70,18 @@ class CifarCNN(chainer.Chain):
                 n_class))
         self.n_class = n_class
         self.widths = widths
-        bn_kwargs = dict(norm_kwargs or {})
         with self.init_scope():
-            self.conv1 = _Block(3, widths[0], 5, pad=2, bn_kwargs=bn_kwargs)
-            self.conv2 = _Block(widths[0], widths[1], 5, pad=2,
-                                bn_kwargs=bn_kwargs)
-            self.conv3 = _Block(widths[1], widths[2], 5, pad=2,
-                                bn_kwargs=bn_kwargs)
-            self.conv4 = _Block(widths[2], widths[3], 3, pad=1,
-                                bn_kwargs=bn_kwargs)
+            self.conv1 = blocks.Conv2DBNActiv(
+                3, widths[0], 5, pad=2, norm_kwargs=norm_kwargs)
+            self.conv2 = blocks.Conv2DBNActiv(
+                widths[0], widths[1], 5, pad=2, norm_kwargs=norm_kwargs)
+            self.conv3 = blocks.Conv2DBNActiv(
+                widths[1], widths[2], 5, pad=2, norm_kwargs=norm_kwargs)
+            self.conv4 = blocks.Conv2DBNActiv(
+                widths[2], widths[3], 3, pad=1, norm_kwargs=norm_kwargs)
             self.fc = L.Linear(widths[3], n_class)
-        self.mn_layers = []
-        if mn_layers:
-            kwargs = {'relu': True}
-            kwargs.update(mn_kwargs or {})
-            self.mn_layers = mn_chainer.links.replace_batch_normalization(
-                self, mn_layers, **kwargs)
+        self.mn_layers = normalization.use_mixture_normalization(
+            self, mn_layers, mn_kwargs)
 
     def norm_links(self):
         """Returns ``OrderedDict`` public norm name -> link path."""

@@ -4,7 +4,7 @@ Radford et al.'s DCGAN as the paper uses it: the generator is one linear
 and four deconvolution layers, the first three deconvolutions each followed
 by a norm and ReLU; "MN" replaces the norms after the first two
 deconvolutions with Mixture Normalization (K = 3, EM iter 2, the per-component
-ReLU of Eq. 40 since ReLU follows).
+ReLU of Eq. 40 since ReLU follows: :data:`models.normalization.MN_DEFAULTS`).
 """
 import collections
 
@@ -14,9 +14,12 @@ import chainer
 import chainer.functions as F
 import chainer.links as L
 
+from models import normalization
 
-#: Default Mixture Normalization settings of the paper's DCGAN-MN.
-PAPER_MN_KWARGS = {'n_components': 3, 'em_iter': 2, 'relu': True}
+
+#: Mixture Normalization settings of the paper's DCGAN-MN (over
+#: :data:`models.normalization.MN_DEFAULTS`).
+PAPER_MN_KWARGS = {'n_components': 3, 'em_iter': 2}
 
 
 def _expand(model, name, aliases):
@@ -63,7 +66,12 @@ class Generator(chainer.Chain):
             Normalization replaces batch normalization (``['paper']``).
         mn_kwargs (dict or None): Arguments of
             :class:`mn_chainer.links.MixtureNormalization`; defaults to
-            :data:`PAPER_MN_KWARGS` (given keys override).
+            :data:`PAPER_MN_KWARGS` and
+            :data:`models.normalization.MN_DEFAULTS` (given keys
+            override).
+
+    Attributes:
+        mn_layers (list of str): The norms replaced by MN.
 
     """
 
@@ -92,11 +100,8 @@ class Generator(chainer.Chain):
                                          initialW=w)
             self.norm3 = L.BatchNormalization(ch // 8)
             self.dc4 = L.Deconvolution2D(ch // 8, 3, 3, 1, 1, initialW=w)
-        if mn_layers:
-            import mn_chainer.links
-            kwargs = dict(PAPER_MN_KWARGS, **(mn_kwargs or {}))
-            mn_chainer.links.replace_batch_normalization(
-                self, mn_layers, **kwargs)
+        self.mn_layers = normalization.use_mixture_normalization(
+            self, mn_layers, dict(PAPER_MN_KWARGS, **(mn_kwargs or {})))
 
     def make_hidden(self, batchsize, rng=None):
         """Draw ``z ~ U(-1, 1)`` of shape ``(batchsize, n_hidden)``.

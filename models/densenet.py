@@ -30,6 +30,7 @@ import chainer.functions as F
 import chainer.links as L
 
 from models import blocks
+from models import normalization
 
 
 class _DenseLayer(blocks.BNActivConv2D):
@@ -65,7 +66,9 @@ class DenseNet(chainer.Chain):
             Normalization replaces batch normalization (the paper's:
             ``['trans1', 'trans2', 'final']``).
         mn_kwargs (dict or None): Keyword arguments of
-            :class:`mn_chainer.links.MixtureNormalization`.
+            :class:`mn_chainer.links.MixtureNormalization` over
+            :data:`models.normalization.MN_DEFAULTS` (every norm here is
+            followed by a ReLU: Eq. 40, ``relu=True``, unless given).
         depth (int): Network depth ``L``; ``(L - 4)`` must be divisible by 3.
             Ignored when ``layers_per_block`` is given.
         growth_rate (int): Channels added by each dense layer (``k``).
@@ -81,6 +84,7 @@ class DenseNet(chainer.Chain):
     Attributes:
         layers_per_block (int): ``n``.
         out_channels (int): Channels at ``final``, ``init_channels + 3 n k``.
+        mn_layers (list of str): The norms replaced by MN.
 
     """
 
@@ -116,11 +120,8 @@ class DenseNet(chainer.Chain):
             self.final = L.BatchNormalization(ch, **(norm_kwargs or {}))
             self.fc = L.Linear(ch, n_class)
         self.out_channels = ch
-
-        if mn_layers:
-            import mn_chainer.links
-            mn_chainer.links.replace_batch_normalization(
-                self, mn_layers, **(mn_kwargs or {}))
+        self.mn_layers = normalization.use_mixture_normalization(
+            self, mn_layers, mn_kwargs)
 
     def _dropout(self, h):
         if self.dropout_ratio:

@@ -55,6 +55,7 @@ import chainer.functions as F
 import chainer.links as L
 
 from models import blocks
+from models import normalization
 
 
 class _Branch(chainer.ChainList):
@@ -120,7 +121,9 @@ class InceptionV3(chainer.Chain):
             ``['inc2/0', 'inc3/0']``); see :meth:`expand_norm_layer`.
         mn_kwargs (dict or None): Keyword arguments of
             :class:`mn_chainer.links.MixtureNormalization` (e.g.
-            ``n_components``, ``em_iter``, ``relu``).
+            ``n_components``, ``em_iter``) over
+            :data:`models.normalization.MN_DEFAULTS` (every norm here is
+            followed by a ReLU: Eq. 40, ``relu=True``, unless given).
         width (float): Channel width multiplier (1.0: the original widths;
             smaller values for fast tests). Every width is
             ``max(1, round(c * width))``.
@@ -131,6 +134,7 @@ class InceptionV3(chainer.Chain):
 
     Attributes:
         out_channels (int): Channels of the final 3x3 map (2048 at width 1).
+        mn_layers (list of str): The norms replaced by MN.
 
     """
 
@@ -174,11 +178,8 @@ class InceptionV3(chainer.Chain):
                 ch = self.inc3[-1].out_channels
             self.fc = L.Linear(ch, n_class)
         self.out_channels = ch
-
-        if mn_layers:
-            import mn_chainer.links
-            mn_chainer.links.replace_batch_normalization(
-                self, mn_layers, **(mn_kwargs or {}))
+        self.mn_layers = normalization.use_mixture_normalization(
+            self, mn_layers, mn_kwargs)
 
     # ------------------------------------------------------------------
     # construction

@@ -2,14 +2,16 @@
 import copy
 
 from chainer import backend
+import numpy
 
-from mn_chainer import gmm
+from mn_chainer import data_parallel
 from mn_chainer.links import mixture_normalization
 
 
-class CommunicatorReducer(gmm.Reducer):
+class CommunicatorReducer(data_parallel.Reducer):
 
-    """A :class:`~mn_chainer.gmm.Reducer` over a ChainerMN communicator.
+    """A :class:`~mn_chainer.data_parallel.Reducer` over a ChainerMN
+    communicator.
 
     One ``comm.allreduce`` (a sum) per call, after the null stream has
     finished writing the buffer when it lives on a GPU.
@@ -25,7 +27,7 @@ class CommunicatorReducer(gmm.Reducer):
 
     def allreduce(self, array):
         xp = backend.get_array_module(array)
-        if xp is not gmm.numpy:
+        if xp is not numpy:
             xp.cuda.Stream.null.synchronize()
         return self.comm.allreduce(array)
 
@@ -41,8 +43,8 @@ class MultiNodeMixtureNormalization(
     :class:`~chainermn.links.MultiNodeBatchNormalization` does for BN:
 
     * the K-means++ seeding runs on the same gathered sample on every
-      worker (at most :data:`mn_chainer.gmm.SEED_POINTS` points) with the
-      same random stream (the layer's seed is broadcast from rank 0);
+      worker (at most :data:`mn_chainer.data_parallel.SEED_POINTS` points)
+      with the same random stream (the layer's seed is broadcast from rank 0);
     * every K-means and EM step sums its sufficient statistics (sum of the
       responsibilities, responsibility-weighted sums of ``x`` and ``x^2``)
       over the workers with one all-reduce;
@@ -52,19 +54,25 @@ class MultiNodeMixtureNormalization(
     Every worker therefore ends a step with the same mixture and pushes the
     same entry onto its queue; inference then needs no communication.
 
+    Fine-tuning works as for the single-process link, with one population
+    mixture fitted to the union of every worker's sample: every worker must
+    run the finetune batches and :meth:`fit_population` (as
+    :func:`mn_chainer.links.finetune` does), since that fit communicates.
+
     Args:
-        size (int): Number of channels.
+        size (int, tuple of ints or None): Number of channels.
         comm: ChainerMN communicator.
-        kwargs: The arguments of
-            :class:`~mn_chainer.links.MixtureNormalization`.
+        args: The other positional arguments of
+            :class:`~mn_chainer.links.MixtureNormalization`, in its (BN's)
+            order: ``decay``, ``eps``, ``dtype``, ...
+        kwargs: Its keyword arguments (``n_components``, ...).
 
     .. seealso:: :class:`mn_chainer.links.MixtureNormalization`
     """
 
-    def __init__(self, size, comm, **kwargs):
-        seed = kwargs.pop('seed', None)
+    def __init__(self, size, comm, *args, **kwargs):
         super(MultiNodeMixtureNormalization, self).__init__(
-            size, seed=seed, **kwargs)
+            size, *args, **kwargs)
         self.comm = comm
         # The seeding must draw the same numbers everywhere.
         self.seed = _bcast(comm, self.seed)
