@@ -16,11 +16,13 @@ import subprocess
 import sys
 import statistics
 import time
+import zipfile
 
 import numpy
 import pytest
 
 import mn_chainer.cli
+import mn_chainer.logs
 from mn_chainer import plot
 from mn_chainer import stats
 from mn_chainer import study
@@ -466,6 +468,7 @@ import os
 import signal
 import sys
 import time
+import zipfile
 
 parser = argparse.ArgumentParser()
 for flag in ('--preset', '--out', '--resume', '--data'):
@@ -798,3 +801,103 @@ def test_run_stopped_study_stops_its_runs(tmp_path, fake, monkeypatch,
                      flags=('-e', '20')) == 0
     assert '--resume' in fake.calls()[0]['argv']
     assert _epochs(out / 'BN-2' / 'seed0') == list(range(1, 21))
+
+
+# ---------------------------------------------------------------------------
+# mn-study run with the real trainer
+
+SHARED_CIFAR = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                            '..', '..', 'shared', 'data', 'cifar10.npz')
+
+
+def _npz_head(path, key, n):
+    """The first ``n`` rows of one array of an npz, read without
+    decompressing the rest (the shared copy is LZMA-compressed)."""
+    with zipfile.ZipFile(path) as z, z.open(key + '.npy') as f:
+        version = numpy.lib.format.read_magic(f)
+        read_header = (numpy.lib.format.read_array_header_1_0
+                       if version == (1, 0)
+                       else numpy.lib.format.read_array_header_2_0)
+        shape, fortran_order, dtype = read_header(f)
+        assert not fortran_order
+        row = int(numpy.prod(shape[1:], dtype=numpy.int64))
+        data = f.read(n * row * dtype.itemsize)
+    return numpy.frombuffer(data, dtype).reshape((n,) + tuple(shape[1:]))
+
+
+@pytest.fixture(scope='module')
+def tiny_cifar(tmp_path_factory):
+    """48 training and 16 test images: the first of the shared CIFAR-10
+    copy when there is one, else random ones."""
+    path = str(tmp_path_factory.mktemp('data') / 'tiny_cifar.npz')
+    if os.path.isfile(SHARED_CIFAR):
+        arrays = {k: _npz_head(SHARED_CIFAR, k, n) for k, n in (
+            ('x_train', 48), ('y_train', 48), ('x_test', 16),
+            ('y_test', 16))}
+    else:
+        rng = numpy.random.RandomState(0)
+        arrays = dict(
+            x_train=rng.randint(0, 256, (48, 32, 32, 3)).astype(numpy.uint8),
+            y_train=rng.randint(0, 10, 48),
+            x_test=rng.randint(0, 256, (16, 32, 32, 3)).astype(numpy.uint8),
+            y_test=rng.randint(0, 10, 16))
+    numpy.savez(path, **arrays)
+    return path
+
+
+def _strip_times(log):
+    return [{k: v for k, v in e.items() if k != 'elapsed_time'}
+            for e in log]
+
+
+def test_run_real_trainer_skips_and_resumes(tmp_path, tiny_cifar):
+    out = tmp_path / 'study'
+    flags = ['--data', tiny_cifar, '--widths', '4,4,8,8', '-b', '16',
+             '--train-subset', '32', '--test-subset', '16', '-e', '2']
+
+    def run(jobs):
+        # One BLAS thread in every run: the float sums of a resumed run
+        # then equal those of the uninterrupted one (other thread counts
+        # sum in other orders).
+        stdout = io.StringIO()
+        status = study.StudyRunner(
+            str(out), ['BN-2', 'MN-2'], [0, 1], flags, jobs=jobs, threads=1,
+            stdout=stdout, poll=0.05).run()
+        return status, stdout.getvalue()
+
+    status, text = run(jobs=2)
+    assert status == 0, text
+    assert text.count('finished in') == 4
+    logs = {}
+    for row in ('BN-2', 'MN-2'):
+        for seed in (0, 1):
+            path = str(out / row / 'seed{}'.format(seed))
+            with open(os.path.join(path, 'args.json')) as f:
+                args = json.load(f)
+            assert (args['row'], args['seed']) == (row, seed)
+            logs[row, seed] = _strip_times(mn_chainer.logs.load_log(path))
+            assert [e['epoch'] for e in logs[row, seed]] == [1, 2]
+    # Interrupted after epoch 1 (the epoch-2 snapshot and log entry lost).
+    run_dir = out / 'MN-2' / 'seed1'
+    os.remove(str(run_dir / 'snapshot_epoch_2'))
+    with open(str(run_dir / 'log')) as f:
+        log = json.load(f)
+    with open(str(run_dir / 'log'), 'w') as f:
+        json.dump(log[:1], f)
+
+    status, text = run(jobs=1)
+    assert status == 0, text
+    assert ('3 finished, 1 to resume: MN-2/seed1 (epoch 1), 0 to start'
+            in text)
+    assert text.count('finished before, skipped') == 3
+    assert '[4/4] MN-2/seed1: finished in' in text
+    with open(str(run_dir) + '.out') as f:
+        headers = [line for line in f if line.startswith('# mn-study')]
+    assert len(headers) == 2
+    assert headers[1].rstrip().endswith('--resume {}'.format(
+        run_dir / 'snapshot_epoch_1'))
+    # The resumed run logs what the uninterrupted one logged.
+    assert _strip_times(mn_chainer.logs.load_log(str(run_dir))) == \
+        logs['MN-2', 1]
+    report = study_report.report([str(out)])
+    assert 'BN-2       2  0 1' in report and 'MN-2       2  0 1' in report
