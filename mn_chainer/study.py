@@ -107,13 +107,19 @@ def _snapshots(path):
     return sorted(found)
 
 
-def _logged_epoch(path):
-    """Last epoch with a test accuracy in a run's log (0 when unreadable)."""
+def _test_accuracies(path):
+    """``(epochs, accuracies)`` of a run's log (empty when unreadable)."""
     try:
         log = mn_chainer.logs.load_log(path)
     except (OSError, ValueError):
-        return 0
-    epochs, _, _ = mn_chainer.compare.accuracy_series(log)
+        log = []
+    epochs, _, accuracy = mn_chainer.compare.accuracy_series(log)
+    return epochs, accuracy
+
+
+def _logged_epoch(path):
+    """Last epoch with a test accuracy in a run's log (0 when none)."""
+    epochs, _ = _test_accuracies(path)
     return int(epochs[-1]) if len(epochs) else 0
 
 
@@ -470,17 +476,16 @@ class StudyRunner(object):
     def _finish(self, run, returncode, seconds, index, total, progress):
         progress.closed.add(run.name)
         planned = run.refresh_planned_epochs()
-        done = run.current_epoch(True)
+        epochs, accuracy = _test_accuracies(run.path)
+        done = int(epochs[-1]) if len(epochs) else 0
         head = '[{}/{}] {}'.format(index, total, run.name)
         if returncode == 0 and planned is not None and done >= planned:
-            log = mn_chainer.logs.load_log(run.path)
-            _, _, acc = mn_chainer.compare.accuracy_series(log)
             self._print(
                 '{}: finished in {} (epochs {}-{} of {}; best {:.2f}%, '
                 'last 3 {:.2f}%); {}'.format(
                     head, _format_duration(seconds), run.start_epoch + 1,
-                    done, planned, 100 * acc.max(),
-                    100 * mn_chainer.stats.windowed_mean(acc, 3),
+                    done, planned, 100 * accuracy.max(),
+                    100 * mn_chainer.stats.windowed_mean(accuracy, 3),
                     progress.eta_text()))
             return
         why = ('exited with status {}'.format(returncode) if returncode
@@ -495,7 +500,15 @@ class StudyRunner(object):
         """Runs what is left of the study.
 
         Returns:
-            int: 0, or the exit status of the failure.
+            int: 0 once every run has finished.
+
+        Raises:
+            mn_chainer.cli.CommandError: When a run failed (a
+                :class:`~mn_chainer.cli.UsageError` when every failed run
+                exited with status 2), the directory is locked or holds
+                another run.
+            KeyboardInterrupt: On Ctrl-C, after stopping the runs.
+            SystemExit: On SIGTERM (status 143), after stopping the runs.
 
         """
         os.makedirs(self.out, exist_ok=True)

@@ -11,6 +11,7 @@ import io
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -465,6 +466,7 @@ FAKE_SLEEP: seconds per epoch.
 import argparse
 import json
 import os
+import shutil
 import signal
 import sys
 import time
@@ -901,3 +903,31 @@ def test_run_real_trainer_skips_and_resumes(tmp_path, tiny_cifar):
         logs['MN-2', 1]
     report = study_report.report([str(out)])
     assert 'BN-2       2  0 1' in report and 'MN-2       2  0 1' in report
+
+
+def test_run_under_mpiexec(tmp_path, tiny_cifar, monkeypatch):
+    mpiexec = shutil.which('mpiexec')
+    if mpiexec is None:
+        pytest.skip('mpiexec not found')
+    pytest.importorskip('mpi4py')
+    for name, value in (('OMPI_ALLOW_RUN_AS_ROOT', '1'),
+                        ('OMPI_ALLOW_RUN_AS_ROOT_CONFIRM', '1'),
+                        ('OMPI_MCA_rmaps_base_oversubscribe', '1')):
+        monkeypatch.setenv(name, value)
+    out = tmp_path / 'study'
+    flags = ['--communicator', 'naive', '--data', tiny_cifar, '--widths',
+             '4,4,8,8', '-b', '8', '--train-subset', '32', '--test-subset',
+             '16', '-e', '1']
+    stdout = io.StringIO()
+    runner = study.StudyRunner(str(out), ['BN-2'], [3], flags, threads=1,
+                               launcher=[mpiexec, '-n', '2'], stdout=stdout,
+                               poll=0.05)
+    assert runner.run() == 0, stdout.getvalue()
+    with open(str(out / 'BN-2' / 'seed3' / 'args.json')) as f:
+        args = json.load(f)
+    assert (args['n_workers'], args['seed'], args['epoch']) == (2, 3, 1)
+    assert '[1/1] BN-2/seed3: finished in' in stdout.getvalue()
+    stdout = io.StringIO()
+    runner.stdout = stdout
+    assert runner.run() == 0
+    assert 'finished before, skipped' in stdout.getvalue()
