@@ -240,6 +240,17 @@ def test_tiny_variances(relu):
     _assert_transform_matches_float64(x, tau, gamma, beta, gy, relu)
 
 
+def test_float16_far_from_zero():
+    x, tau, gamma, beta, gy = _far_inputs(1e3, 3, shape=(8, 1, 4, 4))
+    x16 = x.astype(numpy.float16)
+    y = MF.mixture_normalization(x16, tau.astype(numpy.float16), gamma, beta)
+    assert y.dtype == numpy.float16
+    expected = mn_reference.mixture_normalization(
+        x16, tau.astype(numpy.float16), gamma, beta)
+    # float16 outputs: rounded to 2^-11 relative.
+    _assert_close(y.array, expected, 1e-3, 'y')
+
+
 # -- the shift -------------------------------------------------------------
 
 def test_result_does_not_depend_on_the_shift():
@@ -359,6 +370,8 @@ def test_fixed_mixture_normalization_far_from_zero():
     x = (mean[0] + rs.randn(8, c, 3, 3).transpose(0, 2, 3, 1)).transpose(
         0, 3, 1, 2)
     coef = rs.rand(8, j, 3, 3)
+    # A pruned queue entry: mean 0, variance 1, coefficient 0.
+    mean[-1], var[-1], coef[:, -1] = 0, 1, 0
     gamma, beta = rs.uniform(0.5, 1.5, c), rs.randn(c)
     f32 = [a.astype(numpy.float32) for a in (x, coef, gamma, beta, mean,
                                              var)]
