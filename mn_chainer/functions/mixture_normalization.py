@@ -68,8 +68,8 @@ def _component_sums(xp, x3, t3):
 
 #: Squared distance from the origin, in standard deviations, beyond which
 #: a component's sums are taken about a shift: the relative error of
-#: ``E_v[x^2] - mean^2`` in float32 is a few float32 epsilons times
-#: ``mean^2 / (var + eps)`` (below 1e-5 up to this ratio).
+#: ``E_v[x^2] - mean^2`` in float32 is a few float32 epsilons (6e-8) times
+#: ``mean^2 / (var + eps)``, about 1e-5 at this ratio.
 SHIFT_RATIO = 64.0
 
 
@@ -81,11 +81,12 @@ def statistics_shift(weights, means, variances, eps=2e-5):
     precision in ``E_v[x^2] - mean^2``; taken about a shift ``c``, the
     loss scales with ``(mean_k - c)^2 / (var_k + eps)`` instead.  In such
     channels the shift is the mixture's mean ``sum_k w_k mean_k /
-    sum_k w_k`` (for the link's fitted mixture: the global mean of the
-    points, identical on every worker of a data-parallel job), where that
-    lowers the worst ratio over the components; elsewhere it is zero,
-    which keeps exact zeros exact (a component of rectified activations
-    whose points are all zero in a channel keeps variance 0 there).
+    sum_k w_k`` (for the link's fitted mixture: about the global mean of
+    the points, and identical on every worker of a data-parallel job),
+    where that lowers the worst ratio over the components; elsewhere it is
+    zero, which keeps exact zeros exact (a component of rectified
+    activations whose points are all zero in a channel keeps variance 0
+    there, where a shift would make it about ``6e-8 shift^2``).
 
     Args:
         weights: Component weights ``(K,)`` (any positive scale; components
@@ -214,7 +215,9 @@ def component_statistics(xp, x3, t3, eps, reducer=None, shift=None):
             every worker (``0``: about zero).  None chooses it from the
             batch: the sums are taken about zero, and taken again about
             the batch's mean where :func:`statistics_shift` asks for it
-            (with a reducer: a second all-reduce, only then).
+            (with a reducer: a second all-reduce, only then; the choice
+            depends on all-reduced sums alone, so every worker makes the
+            same one).
 
     Returns:
         ComponentStatistics: ``s``, ``mean``, ``var``, ``inv_std``, ``m``,
