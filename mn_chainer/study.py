@@ -28,7 +28,8 @@ for an interrupted run, ``--resume``. A run's console output goes to
 ``<out>/study.json`` records the trainer flags; running again into the same
 directory with other trainer flags is refused (add presets or seeds freely).
 One ``mn-study run`` at a time may use a directory (a lock file). Runs go one
-after another; ``-j N`` runs ``N`` at once and gives each
+after another, seed by seed (every preset of seed 0, then of seed 1, ...: a
+study stopped early holds pairs); ``-j N`` runs ``N`` at once and gives each
 ``OMP_NUM_THREADS``/``OPENBLAS_NUM_THREADS``/``MKL_NUM_THREADS`` = cores / N
 (``--threads`` sets it). After each run one line reports it and the study's
 ETA (from the epochs trained so far in this invocation). The first failed
@@ -513,8 +514,9 @@ class StudyRunner(object):
         """
         os.makedirs(self.out, exist_ok=True)
         with StudyLock(self.out):
+            # Seed by seed, so that a study stopped early holds pairs.
             runs = [PlannedRun(self.out, p, s)
-                    for p in self.presets for s in self.seeds]
+                    for s in self.seeds for p in self.presets]
             _check_study_file(self.out, runs, self.trainer_flags)
             return self._run(runs)
 

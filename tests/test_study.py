@@ -580,7 +580,7 @@ def test_run_trains_rows_x_seeds_then_skips(tmp_path, fake):
     assert lines[0].startswith('study {}: 4 runs (2 presets x 2 seeds): 0 '
                                'finished, 4 to start; 1 at a time'.format(
                                    out))
-    names = ['BN-2/seed0', 'BN-2/seed1', 'MN-2/seed0', 'MN-2/seed1']
+    names = ['BN-2/seed0', 'MN-2/seed0', 'BN-2/seed1', 'MN-2/seed1']
     for i, name in enumerate(names, 1):
         line, = [x for x in lines if x.startswith('[{}/4] {}: '.format(
             i, name))]
@@ -631,22 +631,22 @@ def test_run_refuses_other_trainer_flags(tmp_path, fake):
 def test_run_resumes_a_killed_run(tmp_path, fake, monkeypatch):
     out = tmp_path / 'study'
     monkeypatch.setenv('FAKE_KILL', 'MN-2/seed0:2')
-    with pytest.raises(CommandError, match=r'^1 run failed: MN-2/seed0; 1 '
+    with pytest.raises(CommandError, match=r'^1 run failed: MN-2/seed0; 2 '
                        r'not started$'):
         run_study(out, fake)
     line, = [x for x in run_study.output.splitlines() if 'FAILED' in x]
-    assert line.startswith('[3/4] MN-2/seed0: FAILED after ')
+    assert line.startswith('[2/4] MN-2/seed0: FAILED after ')
     assert ': exited with status -9: ' in line
     assert line.endswith('(output: {})'.format(out / 'MN-2' / 'seed0.out'))
     assert _epochs(out / 'MN-2' / 'seed0') == [1, 2]
-    assert len(fake.calls()) == 3   # the study stopped at the failure
+    assert len(fake.calls()) == 2   # the study stopped at the failure
 
     monkeypatch.delenv('FAKE_KILL')
     fake.reset()
     assert run_study(out, fake) == 0
-    assert ('2 finished, 1 to resume: MN-2/seed0 (epoch 2), 1 to start'
+    assert ('1 finished, 1 to resume: MN-2/seed0 (epoch 2), 2 to start'
             in run_study.output)
-    call, _ = fake.calls()
+    call, _, _ = fake.calls()
     assert call['argv'][-2:] == [
         '--resume', str(out / 'MN-2' / 'seed0' / 'snapshot_epoch_2')]
     assert _epochs(out / 'MN-2' / 'seed0') == [1, 2, 3]
