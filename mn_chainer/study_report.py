@@ -37,10 +37,13 @@ ACCURACY_KEY = mn_chainer.logs.ACCURACY_KEY
 
 #: ``args.json`` settings that may differ between the runs of one group:
 #: the seed (and what it draws: the data subset and so its pixel
-#: statistics), where and on what a run ran, and how it was started.
+#: statistics), where and on what a run ran (the path of its data file: the
+#: same images may lie elsewhere), how it was started and resumed, and what
+#: it dumped besides its log.
 RUN_SPECIFIC_SETTINGS = frozenset([
     'seed', 'pixel_mean', 'pixel_std', 'out', 'data', 'device',
-    'loaderjob', 'communicator', 'resume', 'resumed_from', 'argv',
+    'loaderjob', 'communicator', 'resume', 'resumes', 'argv',
+    'dump_mixtures', 'dump_every',
 ])
 
 #: Settings that make a group what it is (its normalization and paper row):

@@ -286,7 +286,8 @@ def test_report_seeds_devices_and_outputs_may_differ(tmp_path):
     root = write_study(tmp_path)
     write_run(os.path.join(root, 'MN-2', 'seed3'), MN[0], 'MN-2', 3,
               device='@cupy:0', data='/elsewhere/cifar10.npz',
-              resume='x/snapshot_epoch_2')
+              resume='x/snapshot_epoch_2', resumes=[{'epoch': 2}],
+              dump_mixtures=['conv3'])
     assert summarize([root]).groups['MN-2'].seeds == [0, 1, 2, 3]
 
 
