@@ -65,6 +65,7 @@ class StudyRun(object):
     Attributes:
         path (str): Run directory.
         args (dict): Its ``args.json``.
+        log (list of dict): Its LogReport entries.
         group (str): Group label: the paper row, else the normalization.
         seed: The run's seed.
         epochs (numpy.ndarray): Epoch of each evaluation.
@@ -97,9 +98,6 @@ class StudyRun(object):
     def is_bn(self):
         return self.args.get('norm') == 'bn' or not self.args.get(
             'mn_layers')
-
-    def describe(self):
-        return '{} (seed {}, {})'.format(self.group, self.seed, self.path)
 
 
 def group_label(args):
@@ -171,9 +169,12 @@ def load_study_run(path, key=ACCURACY_KEY):
         raise mn_chainer.cli.CommandError(
             '{}: no args.json (the report groups runs by the settings in '
             'it)'.format(path))
-    if args.get('seed') is None:
-        raise mn_chainer.cli.CommandError('{}: no "seed"'.format(
-            os.path.join(path, 'args.json')))
+    seed = args.get('seed')
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise mn_chainer.cli.CommandError('{}: "seed" is {}, not an integer'
+                                          .format(os.path.join(
+                                              path, 'args.json'),
+                                              json.dumps(seed)))
     return StudyRun(path, args, log, key=key)
 
 
@@ -275,7 +276,7 @@ def group_runs(runs, skip_incomplete=False):
     if not groups:
         raise mn_chainer.cli.CommandError('no complete runs')
     for name, members in groups.items():
-        members.sort(key=lambda r: (str(type(r.seed)), r.seed))
+        members.sort(key=lambda r: r.seed)
         _check_group(name, members)
     return groups, skipped
 
@@ -328,6 +329,7 @@ class GroupSummary(object):
         return self.runs[0].args
 
     def estimate(self, metric):
+        """Mean +/- SE over seeds of ``'windowed'`` or ``'best'``."""
         values = getattr(self, metric)
         return mn_chainer.stats.mean_se([values[s] for s in self.seeds])
 
@@ -404,8 +406,10 @@ class StudySummary(object):
         groups (dict): Label -> :class:`GroupSummary`.
         baseline (GroupSummary or None): The BN group.
         comparisons (list of Comparison): Every other group against it.
+        target (float or None): The baseline's mean best accuracy, the
+            target of the updates-to-reach metric.
         baseline_reach (dict or None): Seed -> updates the baseline's runs
-            need to reach their own mean best accuracy.
+            need to reach ``target``.
 
     """
 
@@ -417,16 +421,15 @@ class StudySummary(object):
             for name, runs in groups.items())
         self.baseline = _choose_baseline(self.groups, baseline)
         self.comparisons = []
-        self.baseline_reach = None
+        self.target = self.baseline_reach = None
         if self.baseline is None:
             return
-        target = self.baseline.estimate('best').mean
-        self.target = target
-        self.baseline_reach = reach_updates(self.baseline, target)
+        self.target = self.baseline.estimate('best').mean
+        self.baseline_reach = reach_updates(self.baseline, self.target)
         for group in self.groups.values():
             if group is not self.baseline:
-                self.comparisons.append(
-                    Comparison(group, self.baseline, target, confidence))
+                self.comparisons.append(Comparison(
+                    group, self.baseline, self.target, confidence))
 
 
 # ---------------------------------------------------------------------------
