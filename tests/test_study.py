@@ -323,6 +323,24 @@ def test_report_incomplete_run(tmp_path):
     assert '| 3 |' not in out
 
 
+def test_report_run_without_log_yet(tmp_path):
+    root = write_study(tmp_path)
+    path = write_run(os.path.join(root, 'MN-2', 'seed3'), [], 'MN-2', 3,
+                     epoch=4)
+    os.remove(os.path.join(path, 'log'))
+    with pytest.raises(CommandError, match='seed3: incomplete: its log ends '
+                       'at epoch 0 of 4'):
+        study_report.report([root])
+
+
+@pytest.mark.parametrize('seed', [None, '1', 1.0, True])
+def test_report_seed_must_be_an_integer(tmp_path, seed):
+    path = write_run(tmp_path / 'run', BN[0], 'BN-2', seed)
+    with pytest.raises(CommandError, match=r'args\.json: "seed" is .*, not '
+                       r'an integer'):
+        study_report.report([path])
+
+
 def test_report_duplicate_seed(tmp_path):
     root = write_study(tmp_path)
     write_run(os.path.join(str(tmp_path), 'copy'), BN[0], 'BN-2', 0)
