@@ -263,8 +263,8 @@ class _Progress(object):
         left = sum(1 for r in self.runs if r.state != 'finished'
                    and r.name not in self.closed)
         eta = self.eta()
-        return '{} run{} left, ETA {}'.format(
-            left, '' if left == 1 else 's',
+        return '{} left, ETA {}'.format(
+            mn_chainer.study_report.plural(left, 'run'),
             'unknown' if eta is None else _format_duration(eta))
 
 
@@ -529,13 +529,13 @@ class StudyRunner(object):
             parts.append('{} to resume: {}'.format(len(resumed),
                                                    ', '.join(resumed)))
         parts.append('{} to start'.format(counts['new'] + counts['restart']))
-        return ('study {}: {} runs ({} presets x {} seeds): {}; {} at a '
-                'time{}'.format(
-                    self.out, len(runs), len(self.presets), len(self.seeds),
-                    ', '.join(parts), self.jobs,
-                    '' if self.threads is None else
-                    ', {} thread{} each'.format(
-                        self.threads, '' if self.threads == 1 else 's')))
+        plural = mn_chainer.study_report.plural
+        return 'study {}: {} ({} x {}): {}; {} at a time{}'.format(
+            self.out, plural(len(runs), 'run'),
+            plural(len(self.presets), 'preset'),
+            plural(len(self.seeds), 'seed'), ', '.join(parts), self.jobs,
+            '' if self.threads is None else ', {} each'.format(
+                plural(self.threads, 'thread')))
 
     def _run(self, runs):
         self._print(self._plan_line(runs))
@@ -581,14 +581,15 @@ class StudyRunner(object):
                         for _, code in self.failures)
             error = (mn_chainer.cli.UsageError if usage
                      else mn_chainer.cli.CommandError)
-            raise error('{} run{} failed: {}{}'.format(
-                len(self.failures), '' if len(self.failures) == 1 else 's',
+            raise error('{} failed: {}{}'.format(
+                mn_chainer.study_report.plural(len(self.failures), 'run'),
                 ', '.join(r.name for r, _ in self.failures),
                 '' if not pending else '; {} not started'.format(
                     len(pending))))
-        self._print('study {}: all {} runs finished; report: mn-study '
-                    'report {}'.format(self.out, total,
-                                       shlex.quote(self.out)))
+        self._print('study {}: all {} finished; report: mn-study report '
+                    '{}'.format(self.out,
+                                mn_chainer.study_report.plural(total, 'run'),
+                                shlex.quote(self.out)))
         return 0
 
 

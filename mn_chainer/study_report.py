@@ -506,6 +506,11 @@ class _Cells(object):
                         None if value is None else 100.0 * value)
 
 
+def plural(n, noun):
+    """``'1 seed'``, ``'2 seeds'``."""
+    return '{} {}{}'.format(n, noun, '' if n == 1 else 's')
+
+
 def _seed_list(seeds):
     return ' '.join(str(s) for s in seeds) or 'none'
 
@@ -543,9 +548,10 @@ def _group_notes(summary):
                          'undefined (n/a)'.format(g.name))
         n_evals = len(g.epochs)
         if n_evals < summary.window:
-            notes.append('{}: {} evaluations, fewer than the window of {}: '
-                         'its windowed metric averages all of them'.format(
-                             g.name, n_evals, summary.window))
+            notes.append('{}: {}, fewer than the window of {}: its '
+                         'windowed metric averages all of them'.format(
+                             g.name, plural(n_evals, 'evaluation'),
+                             summary.window))
     groups = list(summary.groups.values())
     diffs = _differing_settings([g.runs[0] for g in groups],
                                 RUN_SPECIFIC_SETTINGS | GROUP_SETTINGS)
@@ -584,8 +590,8 @@ def curve_table(summary, csv=False):
                 est = mn_chainer.stats.Estimate(
                     g.curve_mean[i],
                     None if g.curve_se is None else g.curve_se[i], g.n)
-            cells.estimate(row, g.name, '{} % ({} seeds)'.format(
-                g.name, g.n), est)
+            cells.estimate(row, g.name, '{} % ({})'.format(
+                g.name, plural(g.n, 'seed')), est)
         rows.append(row)
     notes = [] if same_updates else [
         'the groups are evaluated at different updates; each group\'s '

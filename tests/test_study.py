@@ -760,7 +760,7 @@ def test_run_cli(tmp_path, fake, capsys):
     trainer = ' '.join(fake.command)
     assert study.main(['run', '--presets', 'BN-2', '--seeds', '0', '-o', out,
                        '--trainer', trainer, '--', '-e', '2']) == 0
-    assert 'all 1 runs finished' in capsys.readouterr().out
+    assert 'all 1 run finished' in capsys.readouterr().out
     assert _exit_status(['run', '--presets', 'BN-2', '--seeds', '0', '-o',
                          out, '--trainer', trainer, '--', '--seed',
                          '1']) == 2
