@@ -109,6 +109,45 @@ def check_far_from_zero(comm, relu, shape=(12, 4, 3, 3), k=3):
                                   single.queue_variances, rtol=1e-4)
 
 
+def check_population(comm, relu, shape=(12, 5, 3, 3), k=3):
+    rs = numpy.random.RandomState(1)
+    batches = []
+    for _ in range(3):
+        modes = rs.randint(0, 3, size=(shape[0], 1) + shape[2:])
+        batches.append(rs.randn(*shape) + 3 * modes)
+    mine = numpy.array_split(numpy.arange(shape[0]), comm.size)[comm.rank]
+
+    def make(cls, *args):
+        link = cls(shape[1], *args, n_components=k, relu=relu, seed=5,
+                   dtype=numpy.float64)
+        link(batches[0][mine] if args else batches[0])  # one training step
+        return link
+
+    tol = dict(rtol=1e-6, atol=1e-6)
+    for n_batches in (1, 3):
+        single = make(ML.MixtureNormalization)
+        multi = make(ML.MultiNodeMixtureNormalization, comm)
+        for link, part in ((single, slice(None)), (multi, mine)):
+            link.start_finetuning()
+            for b in batches[:n_batches]:
+                link(b[part], finetune=True)
+        populations = [
+            sorted(zip(*(a.tolist() for a in link.fit_population())),
+                   key=lambda c: c[1][0]) for link in (single, multi)]
+        assert len(populations[0]) == len(populations[1]) == k
+        # One batch: the union of the workers' samples is the batch, in
+        # order; three: the same points in another order, so the seeding
+        # differs but the fit converges to the same mixture.
+        for a, b in zip(*populations):
+            for u, v in zip(a, b):
+                numpy.testing.assert_allclose(v, u, **tol)
+        assert multi.population_points == single.population_points
+        with chainer.using_config('train', False):
+            numpy.testing.assert_allclose(multi(batches[0][mine]).array,
+                                          single(batches[0]).array[mine],
+                                          **tol)
+
+
 def check_training(comm):
     model = chainer.links.Classifier(cifar_cnn.CifarCNN(
         n_class=10, widths=(4, 8, 8, 8), mn_layers=['conv2', 'conv3'],
@@ -125,12 +164,21 @@ def check_training(comm):
         x = rs.randn(8, 3, 32, 32).astype(numpy.float32)
         t = rs.randint(0, 10, size=8).astype(numpy.int32)
         optimizer.update(model, x, t)
+    data = chainer.datasets.TupleDataset(
+        rs.randn(16, 3, 32, 32).astype(numpy.float32),
+        rs.randint(0, 10, size=16).astype(numpy.int32))
+    assert ML.finetune(model, chainer.iterators.SerialIterator(
+        data, 8, repeat=False, shuffle=False)) == 2
     state = [(n, p.array) for n, p in sorted(model.namedparams())]
     for path, link in sorted(model.namedlinks()):
         if isinstance(link, ML.MixtureNormalization):
             state.append((path + '/queue_means', link.queue_means))
             state.append((path + '/queue_weights', link.queue_weights))
             assert link.queue_length == 3, (path, link.queue_length)
+            state.extend((path + '/' + name, getattr(link, name)) for name in (
+                'population_weights', 'population_means',
+                'population_variances'))
+            assert link.population_points > 0
     for name, array in state:
         root = comm.bcast_obj(array if comm.rank == 0 else None, root=0)
         numpy.testing.assert_allclose(array, root, rtol=1e-5, atol=1e-6,
