@@ -148,6 +148,30 @@ def check_population(comm, relu, shape=(12, 5, 3, 3), k=3):
                                           **tol)
 
 
+def check_swap_of_chainermn_batch_normalization(comm):
+    # ChainerMN's BN (not a subclass of L.BatchNormalization) is recognised
+    # by its type and replaced like BN: size, eps and gamma carried over.
+    block = ML.Conv2DBNActiv(3, 4, 3, norm_kwargs={'comm': comm, 'eps': 1e-3})
+    assert isinstance(block.bn, chainermn.links.MultiNodeBatchNormalization)
+    assert ML.is_batch_normalization(block.bn)
+    block.bn.gamma.array[...] = 2
+    ML.replace_batch_normalization(block, ['bn'], n_components=2, comm=comm,
+                                   seed=0)
+    assert isinstance(block.bn, ML.MultiNodeMixtureNormalization)
+    assert block.bn.size == 4 and block.bn.eps == 1e-3
+    numpy.testing.assert_array_equal(block.bn.gamma.array, 2)
+    # Its __call__ bypasses link hooks: finetune() says it is left alone.
+    model = chainer.Sequential(ML.Conv2DBNActiv(3, 4, 3,
+                                                norm_kwargs={'comm': comm}))
+    x = numpy.ones((2, 3, 5, 5), numpy.float32)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        ML.finetune(model, chainer.iterators.SerialIterator(
+            [x], 1, repeat=False), converter=lambda batch, device: batch[0])
+    assert any('running averages are kept' in str(w.message)
+               for w in caught), [str(w.message) for w in caught]
+
+
 def check_training(comm):
     model = chainer.links.Classifier(cifar_cnn.CifarCNN(
         n_class=10, widths=(4, 8, 8, 8), mn_layers=['conv2', 'conv3'],
