@@ -26,8 +26,14 @@
 #define MN_CLONES
 #endif
 
-/* Rows per tile of the E-step and M-step kernels. */
+/*
+ * Rows per tile of the E-step and M-step kernels.  The tile functions of
+ * _cpu_kernels_impl.h name its rows one by one (x0..x3), and the scratch
+ * size that mn_chainer/cpu_kernels.py allocates comes from
+ * mn_scratch_size_*, which counts in tiles: change both together.
+ */
 #define MN_TILE 4
+_Static_assert(MN_TILE == 4, "the tile functions unroll exactly 4 rows");
 
 #define REAL float
 #define NAME(n) n##_f32

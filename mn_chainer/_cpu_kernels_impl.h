@@ -186,11 +186,35 @@ static inline __attribute__((always_inline)) int64_t NAME(mn_tile_rows)(
 }
 
 /*
- * One EM step's sums, fused: the responsibilities of every point (softmax
- * of its log-densities; differences to the row's maximum below floor are
- * raised to it, as in gmm._responsibilities) are accumulated at once into
- * nk[k] += r_ik, sums[k, :d] += r_ik x_i and sums[k, d:] += r_ik x_i^2,
- * x_i = points[i] - shift.  scratch holds 8 d + 4 K values.
+ * The tiny-value rule of the E-step (documented once, in
+ * mn_chainer/mixture_steps.py): the row's log-densities minus their
+ * maximum, raised to floor_ where below it (NaN stays NaN), exponentiated.
+ * Stores them in w (which may be row itself) unless w is NULL, returns
+ * their sum and the row's maximum in *best_out.
+ */
+static inline __attribute__((always_inline)) REAL NAME(mn_row_exp)(
+    const REAL *row, REAL *w, int64_t k_total, REAL floor_, REAL *best_out)
+{
+    REAL best = row[0], total = 0;
+    for (int64_t k = 1; k < k_total; ++k)
+        best = row[k] > best ? row[k] : best;
+    for (int64_t k = 0; k < k_total; ++k) {
+        const REAL v = row[k] - best;
+        const REAL e = EXP(v < floor_ ? floor_ : v);
+        total += e;
+        if (w != NULL)
+            w[k] = e;
+    }
+    *best_out = best;
+    return total;
+}
+
+/*
+ * One EM step's sums, fused: the responsibilities of every point (the
+ * softmax of its log-densities under the tiny-value rule, mn_row_exp) are
+ * accumulated at once into nk[k] += r_ik, sums[k, :d] += r_ik x_i and
+ * sums[k, d:] += r_ik x_i^2, x_i = points[i] - shift.  scratch holds
+ * NAME(mn_scratch_size)(d, K) values.
  */
 MN_CLONES
 void NAME(mn_em_sums)(const REAL *points, const REAL *shift,
@@ -214,14 +238,9 @@ void NAME(mn_em_sums)(const REAL *points, const REAL *shift,
                     row[k] = 0;
                 continue;
             }
-            REAL best = row[0], total = 0;
-            for (int64_t k = 1; k < k_total; ++k)
-                best = row[k] > best ? row[k] : best;
-            for (int64_t k = 0; k < k_total; ++k) {
-                const REAL v = row[k] - best;
-                row[k] = EXP(v > floor_ ? v : floor_);
-                total += row[k];
-            }
+            REAL best;
+            const REAL total = NAME(mn_row_exp)(row, row, k_total, floor_,
+                                                &best);
             for (int64_t k = 0; k < k_total; ++k)
                 row[k] /= total;
         }
@@ -243,17 +262,17 @@ void NAME(mn_em_sums)(const REAL *points, const REAL *shift,
 }
 
 /*
- * E-step in log space: out[i, k] = log p(x_i, k) - logsumexp_k log p(x_i, k)
- * (out has shape (m, K)).  Terms below floor relative to the row's maximum
- * add nothing to the normalizer's sum at this precision and are raised to
- * it, as in gmm._logsumexp; x_i = points[i] - shift.  scratch holds
- * 8 d + 4 K values.
+ * E-step in log space: out[i, k] = log p(x_i, k) - log_norm_i (out has
+ * shape (m, K)) with log_norm_i = logsumexp_k log p(x_i, k) under the
+ * tiny-value rule (mn_row_exp; -inf for a row of -inf), also stored in
+ * log_norm[i] unless log_norm is NULL; x_i = points[i] - shift.  scratch
+ * holds NAME(mn_scratch_size)(d, K) values.
  */
 MN_CLONES
 void NAME(mn_log_resp)(const REAL *points, const REAL *shift,
                        const REAL *coef, const REAL *cst, REAL floor_,
-                       REAL *out, REAL *scratch, int64_t d, int64_t k_total,
-                       int64_t r0, int64_t r1)
+                       REAL *out, REAL *log_norm, REAL *scratch, int64_t d,
+                       int64_t k_total, int64_t r0, int64_t r1)
 {
     REAL *x_buf = scratch;
     REAL *sq_buf = x_buf + MN_TILE * d;
@@ -266,16 +285,22 @@ void NAME(mn_log_resp)(const REAL *points, const REAL *shift,
         NAME(mn_log_prob_tile)(xt, sqt, coef, cst, lp, d, k_total);
         for (int64_t t = 0; t < n; ++t) {
             const REAL *row = lp + t * k_total;
-            REAL best = row[0], total = 0;
-            for (int64_t k = 1; k < k_total; ++k)
-                best = row[k] > best ? row[k] : best;
-            for (int64_t k = 0; k < k_total; ++k) {
-                const REAL v = row[k] - best;
-                total += EXP(v > floor_ ? v : floor_);
-            }
-            const REAL norm = best + LOG(total);
+            REAL best;
+            const REAL total = NAME(mn_row_exp)(row, NULL, k_total, floor_,
+                                                &best);
+            const REAL norm = best == -(REAL)INFINITY ? best
+                                                      : best + LOG(total);
             for (int64_t k = 0; k < k_total; ++k)
                 out[(i + t) * k_total + k] = row[k] - norm;
+            if (log_norm != NULL)
+                log_norm[i + t] = norm;
         }
     }
+}
+
+/* Scratch values per thread of mn_em_sums and mn_log_resp: the tile's
+ * centred rows and their squares, and the tile's log-densities. */
+int64_t NAME(mn_scratch_size)(int64_t d, int64_t k_total)
+{
+    return 2 * MN_TILE * d + MN_TILE * k_total;
 }

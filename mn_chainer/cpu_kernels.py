@@ -3,17 +3,19 @@
 The passes of :func:`mn_chainer.gmm.fit_gmm` over the points, written in C
 (``mn_chainer/_cpu_kernels_impl.h``) so that each one reads a point once,
 does all its work on it while it is in the L1 cache, and runs on several
-cores.  NumPy's versions of the same passes are the references the tests
-compare against:
+cores; :class:`mn_chainer.fit_passes.CKernelPasses` runs them.  NumPy's
+versions of the same passes (:class:`mn_chainer.fit_passes.ArrayPasses`,
+with the steps of :mod:`mn_chainer.mixture_steps`) are the references the
+tests compare against:
 
 ==============================  ===========================================
-kernel (this module)            NumPy twin (:mod:`mn_chainer.gmm`)
+kernel (this module)            NumPy twin
 ==============================  ===========================================
 :func:`column_sums`             ``ones @ points``
-:func:`candidate_d2`            ``_candidate_d2``
-:func:`cluster_sums`            ``_ArrayPasses.cluster_m_step``
-:func:`em_sums`                 ``_ArrayPasses.em_step``
-:func:`log_resp`                ``_ArrayPasses.log_posterior``
+:func:`candidate_d2`            ``mixture_steps.candidate_d2``
+:func:`cluster_sums`            ``ArrayPasses.cluster_m_step``
+:func:`em_sums`                 ``ArrayPasses.em_step``
+:func:`log_resp`                ``ArrayPasses.log_posterior``
 ==============================  ===========================================
 
 The kernels read the points as given and centre every row on the fly
@@ -27,16 +29,18 @@ checks its arguments (dtype, shape, contiguity, label range) before calling
 C.  Rows are split into one contiguous range per thread; sums are
 accumulated per thread and added at the end.  :func:`available` is False
 where the extension is not built or ``MN_CHAINER_CPU_KERNELS=0`` is set;
-:mod:`mn_chainer.gmm` then runs its NumPy path.
+the fit then runs its NumPy path (:func:`mn_chainer.fit_passes.
+select_passes`).
 """
 import concurrent.futures
 import ctypes
 import functools
-import math
 import os
 import threading
 
 import numpy
+
+from mn_chainer import mixture_steps
 
 
 #: Elements of the point matrix per thread below which a pass is not split
@@ -56,9 +60,11 @@ _SIGNATURES = {  # None: the floating type of the kernel
     'mn_cluster_sums': (_PTR, _PTR, _PTR, _PTR, _PTR, _I64, _I64, _I64),
     'mn_em_sums': (_PTR, _PTR, _PTR, _PTR, None, _PTR, _PTR, _PTR, _I64,
                    _I64, _I64, _I64),
-    'mn_log_resp': (_PTR, _PTR, _PTR, _PTR, None, _PTR, _PTR, _I64, _I64,
-                    _I64, _I64),
+    'mn_log_resp': (_PTR, _PTR, _PTR, _PTR, None, _PTR, _PTR, _PTR, _I64,
+                    _I64, _I64, _I64),
 }
+#: Exported functions returning an int64, with their argument types.
+_SIZE_SIGNATURES = {'mn_scratch_size': (_I64, _I64)}
 _pool_lock = threading.Lock()
 _pools = {}
 
@@ -70,12 +76,15 @@ def _library():
     except ImportError:
         return None
     lib = ctypes.CDLL(_cpu_kernels.__file__)
-    for name, argtypes in _SIGNATURES.items():
-        for suffix, real in (('f32', ctypes.c_float),
-                             ('f64', ctypes.c_double)):
+    for suffix, real in (('f32', ctypes.c_float), ('f64', ctypes.c_double)):
+        for name, argtypes in _SIGNATURES.items():
             fn = getattr(lib, '{}_{}'.format(name, suffix))
             fn.argtypes = [real if a is None else a for a in argtypes]
             fn.restype = None
+        for name, argtypes in _SIZE_SIGNATURES.items():
+            fn = getattr(lib, '{}_{}'.format(name, suffix))
+            fn.argtypes = list(argtypes)
+            fn.restype = _I64
     return lib
 
 
@@ -132,8 +141,11 @@ def _per_thread(parts, shape, dtype):
             for p in range(parts)]
 
 
-def _scratch_size(d, k):
-    return 8 * d + 4 * k  # 4 centred rows, their squares, 4 rows of K
+def _scratch(parts, d, k, dtype):
+    """The E-step kernels' scratch buffers, one per thread, of the size the
+    C side asks for (``mn_scratch_size``)."""
+    size = _function('mn_scratch_size', dtype)(d, k)
+    return _per_thread(parts, (size,), dtype)
 
 
 def _function(name, dtype):
@@ -170,8 +182,9 @@ def _as(name, a, dtype, shape):
 
 
 def _coefficients(coef, const, dtype, k, d):
-    """The E-step terms of ``gmm._gaussian_terms`` (``coef`` (2d, K)) as
-    one row of ``[x, x^2]`` coefficients per component."""
+    """The E-step terms of :func:`mn_chainer.mixture_steps.
+    gaussian_log_terms` (``coef`` (2d, K)) as one row of ``[x, x^2]``
+    coefficients per component."""
     return (_as('coef', numpy.asarray(coef).T, dtype, (k, 2 * d)),
             _as('const', const, dtype, (k,)))
 
@@ -183,10 +196,6 @@ def _e_step_arguments(points, shift, coef, const):
     k = numpy.shape(const)[0]
     coef, const = _coefficients(coef, const, points.dtype, k, d)
     return m, d, k, shift, coef, const
-
-
-def _floor(dtype):
-    return 0.5 * math.log(numpy.finfo(dtype).tiny)
 
 
 # ---------------------------------------------------------------------------
@@ -260,8 +269,8 @@ def em_sums(points, shift, coef, const):
     Args:
         points: The points ``(m, d)``.
         shift: ``(d,)``, the centre the mixture's means refer to.
-        coef, const: :func:`mn_chainer.gmm._gaussian_terms` of the mixture,
-            ``(2d, K)`` and ``(K,)``.
+        coef, const: :func:`mn_chainer.mixture_steps.gaussian_log_terms`
+            of the mixture, ``(2d, K)`` and ``(K,)``.
 
     Returns:
         tuple: ``nk (K,)`` and ``sums (K, 2d)``, the responsibility sums
@@ -273,9 +282,9 @@ def em_sums(points, shift, coef, const):
     ranges = _ranges(m, d)
     sums = _per_thread(len(ranges), (k, 2 * d), x.dtype)
     nk = _per_thread(len(ranges), (k,), x.dtype)
-    scratch = _per_thread(len(ranges), (_scratch_size(d, k),), x.dtype)
+    scratch = _scratch(len(ranges), d, k, x.dtype)
     fn = _function('mn_em_sums', x.dtype)
-    floor = _floor(x.dtype)
+    floor = mixture_steps.log_floor(x.dtype)
     _run(lambda p, r0, r1: fn(_addr(x), _addr(shift), _addr(coef),
                               _addr(const), floor,
                               _addr(sums[p]), _addr(nk[p]),
@@ -284,19 +293,24 @@ def em_sums(points, shift, coef, const):
 
 
 def log_resp(points, shift, coef, const):
-    """E-step in log space: log responsibilities ``(m, K)`` of every point
-    of ``x = points - shift`` under the mixture whose terms are ``coef,
-    const`` (see :func:`em_sums`)."""
+    """E-step in log space for ``x = points - shift`` under the mixture whose
+    terms are ``coef, const`` (see :func:`em_sums`).
+
+    Returns:
+        tuple: log responsibilities ``(m, K)`` and log normalizers
+        ``log_norm (m,)`` (``log sum_k pi_k p(x_i | k)``).
+    """
     m, d, k, shift, coef, const = _e_step_arguments(points, shift, coef,
                                                     const)
     x = points
     ranges = _ranges(m, d)
     out = numpy.empty((m, k), dtype=x.dtype)
-    scratch = _per_thread(len(ranges), (_scratch_size(d, k),), x.dtype)
+    log_norm = numpy.empty(m, dtype=x.dtype)
+    scratch = _scratch(len(ranges), d, k, x.dtype)
     fn = _function('mn_log_resp', x.dtype)
-    floor = _floor(x.dtype)
+    floor = mixture_steps.log_floor(x.dtype)
     _run(lambda p, r0, r1: fn(_addr(x), _addr(shift), _addr(coef),
-                              _addr(const), floor,
-                              _addr(out), _addr(scratch[p]), d, k, r0, r1),
-         ranges)
-    return out
+                              _addr(const), floor, _addr(out),
+                              _addr(log_norm), _addr(scratch[p]), d, k, r0,
+                              r1), ranges)
+    return out, log_norm

@@ -1,14 +1,15 @@
 """Fused CUDA kernels of the mixture fit (:mod:`mn_chainer.gmm` on a GPU).
 
-Every kernel here has a NumPy twin in :mod:`mn_chainer.gmm` (the reference
-its tests compare against):
+:class:`mn_chainer.fit_passes.CudaPasses` runs these kernels in a fit on
+CuPy arrays.  Every kernel here has a NumPy twin in
+:mod:`mn_chainer.mixture_steps` (the reference its tests compare against):
 
 ================================  =========================================
-kernel (this module)              NumPy twin (:mod:`mn_chainer.gmm`)
+kernel (this module)              NumPy twin (:mod:`mn_chainer.mixture_steps`)
 ================================  =========================================
-:func:`estep_log_resp`            ``_estimate_log_resp``
-:func:`kmeanspp_candidate_d2`     ``_candidate_d2``
-:func:`kmeans_assign`             ``_hard_assign`` (labels)
+:func:`estep_log_resp`            ``estimate_log_resp``
+:func:`kmeanspp_candidate_d2`     ``candidate_d2``
+:func:`kmeans_assign`             ``hard_assign`` (labels)
 ================================  =========================================
 
 The module imports with NumPy alone: CuPy is imported inside the functions
@@ -27,10 +28,13 @@ lanes idle):
   distance is never negative.
 * The partial sums are reduced with a butterfly of warp shuffles, after
   which every lane of the group holds the same totals.
-* The E-step keeps a running (online) log-sum-exp over the components in
-  registers, stores ``log p(x_i, k)`` and subtracts the normalizer in a
-  second pass over the ``K`` outputs of its own lanes: one pass over the
-  point matrix, nothing of size ``(m, K, d)`` and no host synchronisation.
+* The E-step keeps the running maximum of ``log p(x_i, k)`` over the
+  components in registers and stores the values; a second pass over the
+  ``K`` outputs of its own lanes sums their exponentials under the
+  tiny-value rule of :mod:`mn_chainer.mixture_steps` (a value more than
+  ``MIXNORM_LOG_FLOOR`` below the maximum counts as that floor), and a
+  third subtracts the normalizer: one pass over the point matrix, nothing
+  of size ``(m, K, d)`` and no host synchronisation.
 
 The chunk size is a compile-time constant (generated ``#define``); a module
 is compiled for each (dtype, chunk) pair actually used and memoized.  Any
@@ -41,6 +45,8 @@ by chunk.
 import functools
 
 import numpy
+
+from mn_chainer import mixture_steps
 
 
 # Lanes per block of every point-wise kernel (8 warps).
@@ -63,6 +69,7 @@ typedef {real} mixnorm_real;
 #define MIXNORM_CHUNK {chunk}
 #define MIXNORM_INF {inf}
 #define MIXNORM_LOG_2PI ((mixnorm_real)1.8378770664093454835606594728112)
+#define MIXNORM_LOG_FLOOR ((mixnorm_real){log_floor!r})
 #define MIXNORM_FULL_MASK 0xffffffffu
 """
 
@@ -145,7 +152,9 @@ extern "C" __global__ void mixnorm_estep_const(
 
 // log_resp[i, k] = log p(x_i, k) - log_norm[i],
 // log p(x_i, k) = log_const[k] - sum_j prec[k, j] (x_ij - mu_kj)^2 / 2,
-// log_norm[i] = logsumexp_k log p(x_i, k).
+// log_norm[i] = logsumexp_k log p(x_i, k) under the tiny-value rule
+// (mn_chainer/mixture_steps.py): terms more than MIXNORM_LOG_FLOOR below
+// the maximum count as that floor; -inf for a row of -inf, NaN stays NaN.
 // One group of `group` lanes per point (a power of two <= 32, the last
 // argument of every point-wise kernel); blockDim.x is a multiple of 32.
 // A component with log_const = -inf gets log_resp = -inf.
@@ -170,7 +179,6 @@ extern "C" __global__ void mixnorm_estep_log_resp(
         const mixnorm_real* x = points + (valid ? i : m - 1) * d;
         mixnorm_real* out = log_resp + i * n_components;
         mixnorm_real run_max = neg_inf;
-        mixnorm_real run_sum = 0;
         for (long long k0 = 0; k0 < n_components; k0 += MIXNORM_CHUNK) {
             const long long left = n_components - k0;
             const int n_chunk = left < MIXNORM_CHUNK ? (int)left
@@ -185,23 +193,26 @@ extern "C" __global__ void mixnorm_estep_log_resp(
                     const long long k = k0 + c;
                     const mixnorm_real lp =
                         log_const[k] - (mixnorm_real)0.5 * acc[c];
-                    // Online log-sum-exp; -inf terms add nothing (and no
-                    // NaN from -inf - -inf), NaN propagates.
-                    if (lp > run_max) {
-                        run_sum = run_sum * exp(run_max - lp) + 1;
-                        run_max = lp;
-                    } else if (lp != neg_inf) {
-                        run_sum += exp(lp - run_max);
-                    }
+                    // The maximum; a NaN stays (no comparison is true).
+                    run_max = (lp > run_max || lp != lp) ? lp : run_max;
                     if (valid && lane == (int)(k & (group - 1))) {
                         out[k] = lp;
                     }
                 }
             }
         }
+        // Each lane rereads only what it wrote itself; the group sums.
+        mixnorm_real part = 0;
         if (valid) {
-            const mixnorm_real lse = run_max + log(run_sum);
-            // Each lane rereads only what it wrote itself.
+            for (long long k = lane; k < n_components; k += group) {
+                const mixnorm_real v = out[k] - run_max;
+                part += exp(v < MIXNORM_LOG_FLOOR ? MIXNORM_LOG_FLOOR : v);
+            }
+        }
+        const mixnorm_real total = mixnorm_group_sum(part, group);
+        if (valid) {
+            const mixnorm_real lse =
+                run_max == neg_inf ? neg_inf : run_max + log(total);
             for (long long k = lane; k < n_components; k += group) {
                 out[k] -= lse;
             }
@@ -326,7 +337,8 @@ def module_source(dtype, chunk):
         raise ValueError('chunk must be one of {}, got {}'.format(
             CHUNK_SIZES, chunk))
     header = HEADER_TEMPLATE.format(
-        real=_REAL_TYPES[char], chunk=chunk, inf=_INF[char])
+        real=_REAL_TYPES[char], chunk=chunk, inf=_INF[char],
+        log_floor=mixture_steps.log_floor(char))
     return ''.join((header, DEVICE_FUNCTIONS_SOURCE, ESTEP_SOURCE,
                     CANDIDATE_D2_SOURCE, KMEANS_ASSIGN_SOURCE))
 
@@ -383,14 +395,6 @@ def _get_kernel(name, dtype, n_centres):
                      cupy.cuda.Device().id)
 
 
-def _launch(kernel, m, d, args):
-    """Launch a point-wise kernel (``args`` + the group size) on ``m``."""
-    group = _group_size(d)
-    per_block = _BLOCK // group
-    blocks = min(-(-m // per_block), _MAX_BLOCKS)
-    kernel((blocks,), (_BLOCK,), args + (numpy.int32(group),))
-
-
 def _check_points(points):
     import cupy
     if not isinstance(points, cupy.ndarray):
@@ -417,6 +421,57 @@ def _as_param(name, a, dtype, shape):
     return cupy.ascontiguousarray(a.astype(dtype, copy=False))
 
 
+class _PointwiseCall(object):
+
+    """The checks, allocations and launch of a point-wise kernel.
+
+    Every point-wise kernel takes ``(points, rows, *inputs, m, d, n,
+    *outputs, group)``: the points ``(m, d)``, the ``n`` rows of length
+    ``d`` it measures them against (means, candidates or centres), further
+    inputs and the outputs.  Used inside ``with call.device:``.
+
+    Args:
+        points: The points (checked: a 2-D float32/float64 CuPy array).
+        rows_name (str): What the rows are (for error messages).
+        rows: ``(n, d)``; ``n >= 1`` unless ``allow_empty``.
+        symbol (str): The name of ``n`` in error messages.
+        allow_empty (bool): Whether ``n = 0`` is valid.
+    """
+
+    def __init__(self, points, rows_name, rows, symbol, allow_empty=False):
+        self.points = _check_points(points)
+        self.m, self.d = self.points.shape
+        self.dtype = self.points.dtype
+        if rows.ndim != 2 or (rows.shape[0] == 0 and not allow_empty):
+            raise ValueError('{} must have shape ({}, d){}, got {}'.format(
+                rows_name, symbol,
+                '' if allow_empty else ' with {} >= 1'.format(symbol),
+                rows.shape))
+        self.n = rows.shape[0]
+        self.device = self.points.device
+        with self.device:
+            self.rows = _as_param(rows_name, rows, self.dtype,
+                                  (self.n, self.d))
+
+    def param(self, name, a, shape):
+        """Another input, checked for ``shape`` and cast to the dtype."""
+        return _as_param(name, a, self.dtype, shape)
+
+    def launch(self, name, inputs, outputs):
+        """Run kernel ``name`` (nothing where ``m`` or ``n`` is 0); returns
+        ``outputs``."""
+        if self.m and self.n:
+            group = _group_size(self.d)
+            blocks = min(-(-self.m // (_BLOCK // group)), _MAX_BLOCKS)
+            _get_kernel(name, self.dtype, self.n)(
+                (blocks,), (_BLOCK,),
+                (self.points, self.rows) + tuple(inputs)
+                + (numpy.int64(self.m), numpy.int64(self.d),
+                   numpy.int64(self.n)) + tuple(outputs)
+                + (numpy.int32(group),))
+        return outputs
+
+
 def estep_log_resp(points, log_weights, means, precisions):
     """Fused E-step: log responsibilities and log normalizers (CUDA).
 
@@ -440,37 +495,24 @@ def estep_log_resp(points, log_weights, means, precisions):
         tuple: ``log_resp`` of shape ``(m, K)`` and ``log_norm`` of shape
         ``(m,)``, in the dtype of ``points``, on its device.
 
-    .. seealso:: NumPy twin ``mn_chainer.gmm._estimate_log_resp``.
+    .. seealso:: NumPy twin :func:`mn_chainer.mixture_steps.
+        estimate_log_resp`.
     """
     import cupy
-    points = _check_points(points)
-    m, d = points.shape
-    dtype = points.dtype
-    if means.ndim != 2 or means.shape[0] == 0:
-        raise ValueError('means must have shape (K, d) with K >= 1, got '
-                         '{}'.format(means.shape))
-    n_components = means.shape[0]
-    with points.device:
-        log_weights = _as_param('log_weights', log_weights, dtype,
-                                (n_components,))
-        means = _as_param('means', means, dtype, (n_components, d))
-        precisions = _as_param('precisions', precisions, dtype,
-                               (n_components, d))
-        log_resp = cupy.empty((m, n_components), dtype)
-        log_norm = cupy.empty((m,), dtype)
-        if m == 0:
-            return log_resp, log_norm
-        log_const = cupy.empty((n_components,), dtype)
-        _get_kernel('mixnorm_estep_const', dtype, n_components)(
-            (n_components,), (32,),
-            (log_weights, precisions, numpy.int64(n_components),
-             numpy.int64(d), log_const))
-        _launch(_get_kernel('mixnorm_estep_log_resp', dtype, n_components),
-                m, d,
-                (points, means, precisions, log_const, numpy.int64(m),
-                 numpy.int64(d), numpy.int64(n_components), log_resp,
-                 log_norm))
-    return log_resp, log_norm
+    call = _PointwiseCall(points, 'means', means, 'K')
+    k, d = call.n, call.d
+    with call.device:
+        log_weights = call.param('log_weights', log_weights, (k,))
+        precisions = call.param('precisions', precisions, (k, d))
+        log_const = cupy.empty((k,), call.dtype)
+        if call.m:
+            _get_kernel('mixnorm_estep_const', call.dtype, k)(
+                (k,), (32,), (log_weights, precisions, numpy.int64(k),
+                              numpy.int64(d), log_const))
+        return call.launch(
+            'mixnorm_estep_log_resp', (precisions, log_const),
+            (cupy.empty((call.m, k), call.dtype),
+             cupy.empty((call.m,), call.dtype)))
 
 
 def kmeanspp_candidate_d2(points, candidates, closest_d2):
@@ -491,28 +533,16 @@ def kmeanspp_candidate_d2(points, candidates, closest_d2):
     Returns:
         ``cupy.ndarray`` of shape ``(T, m)`` in the dtype of ``points``.
 
-    .. seealso:: NumPy twin ``mn_chainer.gmm._candidate_d2``.
+    .. seealso:: NumPy twin :func:`mn_chainer.mixture_steps.candidate_d2`.
     """
     import cupy
-    points = _check_points(points)
-    m, d = points.shape
-    dtype = points.dtype
-    if candidates.ndim != 2:
-        raise ValueError('candidates must have shape (T, d), got {}'.format(
-            candidates.shape))
-    n_candidates = candidates.shape[0]
-    with points.device:
-        candidates = _as_param('candidates', candidates, dtype,
-                               (n_candidates, d))
-        closest_d2 = _as_param('closest_d2', closest_d2, dtype, (m,))
-        out = cupy.empty((n_candidates, m), dtype)
-        if m == 0 or n_candidates == 0:
-            return out
-        _launch(_get_kernel('mixnorm_candidate_d2', dtype, n_candidates),
-                m, d,
-                (points, candidates, closest_d2, numpy.int64(m),
-                 numpy.int64(d), numpy.int64(n_candidates), out))
-    return out
+    call = _PointwiseCall(points, 'candidates', candidates, 'T',
+                          allow_empty=True)
+    with call.device:
+        closest_d2 = call.param('closest_d2', closest_d2, (call.m,))
+        return call.launch(
+            'mixnorm_candidate_d2', (closest_d2,),
+            (cupy.empty((call.n, call.m), call.dtype),))[0]
 
 
 def kmeans_assign(points, centres):
@@ -531,24 +561,12 @@ def kmeans_assign(points, centres):
         tuple: ``labels`` (int64, shape ``(m,)``) and ``min_d2`` (shape
         ``(m,)``, dtype of ``points``).
 
-    .. seealso:: NumPy twin ``mn_chainer.gmm._hard_assign``.
+    .. seealso:: NumPy twin :func:`mn_chainer.mixture_steps.hard_assign`.
     """
     import cupy
-    points = _check_points(points)
-    m, d = points.shape
-    dtype = points.dtype
-    if centres.ndim != 2 or centres.shape[0] == 0:
-        raise ValueError('centres must have shape (K, d) with K >= 1, got '
-                         '{}'.format(centres.shape))
-    n_centres = centres.shape[0]
-    with points.device:
-        centres = _as_param('centres', centres, dtype, (n_centres, d))
-        labels = cupy.empty((m,), numpy.int64)
-        min_d2 = cupy.empty((m,), dtype)
-        if m == 0:
-            return labels, min_d2
-        _launch(_get_kernel('mixnorm_kmeans_assign', dtype, n_centres),
-                m, d,
-                (points, centres, numpy.int64(m), numpy.int64(d),
-                 numpy.int64(n_centres), labels, min_d2))
-    return labels, min_d2
+    call = _PointwiseCall(points, 'centres', centres, 'K')
+    with call.device:
+        return call.launch(
+            'mixnorm_kmeans_assign', (),
+            (cupy.empty((call.m,), numpy.int64),
+             cupy.empty((call.m,), call.dtype)))

@@ -13,7 +13,9 @@ import numpy
 import pytest
 
 from mn_chainer import cpu_kernels
+from mn_chainer import fit_passes
 from mn_chainer import gmm
+from mn_chainer import mixture_steps
 
 
 def test_extension_is_built():
@@ -61,9 +63,8 @@ def _random_terms(rs, k, d):
     weights = rs.dirichlet(numpy.ones(k))
     means = rs.randn(k, d)
     variances = rs.uniform(0.5, 2, size=(k, d))
-    coef, const = gmm._gaussian_terms(numpy, numpy.log(weights), means,
-                                      1 / variances)
-    return coef, const
+    return mixture_steps.gaussian_log_terms(
+        numpy, gmm.Mixture(weights, means, variances))
 
 
 def _log_prob64(x, coef, const):
@@ -108,9 +109,9 @@ def test_candidate_d2(kernels, ranges, dtype, m, d, t):
     assert (out >= 0).all()
     # It equals the NumPy twin (expanded distances on centred points).
     shift = points.mean(axis=0)
-    twin = gmm._candidate_d2(numpy, points - shift, candidates - shift,
-                             closest, gmm._row_norms_sq(
-                                 numpy, points - shift))
+    twin = mixture_steps.candidate_d2(
+        numpy, points - shift, candidates - shift, closest,
+        mixture_steps.row_norms_sq(numpy, points - shift))
     numpy.testing.assert_allclose(out, twin, rtol=_rtol(dtype) * 10,
                                   atol=1e-2 if dtype == numpy.float32
                                   else 1e-9)
@@ -162,13 +163,17 @@ def test_log_resp(kernels, ranges, dtype, m, d, k):
     points = _random_points(rs, m, d, dtype)
     shift = points.mean(axis=0).astype(dtype)
     coef, const = _random_terms(rs, k, d)
-    out = kernels.log_resp(points, shift, coef, const)
+    out, log_norm = kernels.log_resp(points, shift, coef, const)
     assert out.dtype == dtype and out.shape == (m, k)
+    assert log_norm.dtype == dtype and log_norm.shape == (m,)
     log_prob = _log_prob64(points.astype(numpy.float64) - shift, coef,
                            const)
     top = log_prob.max(axis=1, keepdims=True)
-    expected = log_prob - top - numpy.log(
+    expected_norm = top + numpy.log(
         numpy.exp(log_prob - top).sum(axis=1, keepdims=True))
+    expected = log_prob - expected_norm
+    numpy.testing.assert_allclose(log_norm, expected_norm[:, 0],
+                                  rtol=_rtol(dtype))
     # Log posteriors are compared where they matter (above -30): far
     # below, float32 rounding of the log-densities dominates.
     keep = expected > -30
@@ -186,15 +191,15 @@ def test_em_sums_well_separated_rows(kernels):
                           axis=1).astype(numpy.float32)
     weights, means = numpy.array([0.5, 0.5]), numpy.array([[0.] * 4,
                                                            [60.] * 4])
-    coef, const = gmm._gaussian_terms(numpy, numpy.log(weights), means,
-                                      numpy.ones((2, 4)))
+    terms = mixture_steps.gaussian_log_terms(
+        numpy, gmm.Mixture(weights, means, numpy.ones((2, 4))))
     shift = numpy.zeros(4, numpy.float32)
-    nk, sums = kernels.em_sums(points, shift, coef, const)
+    nk, sums = kernels.em_sums(points, shift, *terms)
     assert numpy.isfinite(nk).all() and numpy.isfinite(sums).all()
     numpy.testing.assert_allclose(nk.sum(), 700, rtol=1e-5)
-    ref = gmm._responsibilities(numpy, gmm.Mixture(weights, means,
-                                                   numpy.ones((2, 4))))
-    resp = ref(slice(0, 700), points, gmm._augment(numpy, points))
+    resp = mixture_steps.responsibilities(
+        numpy, mixture_steps.estimate_log_prob(
+            numpy, mixture_steps.augment(numpy, points), terms))
     numpy.testing.assert_allclose(nk, resp.sum(axis=0), rtol=1e-5)
 
 
@@ -238,14 +243,20 @@ def test_disabled_by_environment(kernels, monkeypatch):
     assert kernels.available()
     monkeypatch.setenv('MN_CHAINER_CPU_KERNELS', '0')
     assert not kernels.available()
-    assert gmm._cpu_kernels(numpy, numpy.ones((4, 2))) is None
+    assert _passes(numpy.ones((4, 2))) is fit_passes.ArrayPasses
+
+
+def _passes(points):
+    return fit_passes.select_passes(numpy, points)
 
 
 def test_used_only_where_they_apply(kernels):
-    assert gmm._cpu_kernels(numpy, numpy.ones((4, 2))) is kernels
-    assert gmm._cpu_kernels(numpy, numpy.ones((4, 2), numpy.float32))
-    assert gmm._cpu_kernels(numpy, numpy.ones((2, 4)).T) is None
-    assert gmm._cpu_kernels(numpy, numpy.ones((4, 2), numpy.float16)) is None
+    assert _passes(numpy.ones((4, 2))) is fit_passes.CKernelPasses
+    assert _passes(numpy.ones((4, 2), numpy.float32)) is (
+        fit_passes.CKernelPasses)
+    assert _passes(numpy.ones((2, 4)).T) is fit_passes.ArrayPasses
+    assert _passes(numpy.ones((4, 2), numpy.float16)) is (
+        fit_passes.ArrayPasses)
 
 
 # ---------------------------------------------------------------------------

@@ -16,7 +16,9 @@ import warnings
 import numpy
 import pytest
 
+from mn_chainer import fit_passes
 from mn_chainer import gmm
+from mn_chainer import mixture_steps
 
 
 # ---------------------------------------------------------------------------
@@ -103,6 +105,20 @@ def _sklearn_gmm(mixture, **kwargs):
     return model
 
 
+def _log_resp64(points, mixture):
+    """Log posterior of ``mixture`` in float64 from direct differences (the
+    definition, DESIGN §1.1)."""
+    x = numpy.asarray(points, numpy.float64)
+    weights, means, variances = (numpy.asarray(a, numpy.float64)
+                                 for a in mixture)
+    log_prob = numpy.log(weights) - 0.5 * (
+        numpy.log(2 * numpy.pi * variances).sum(axis=1)
+        + ((x[:, None, :] - means[None]) ** 2 / variances[None]).sum(axis=2))
+    top = log_prob.max(axis=1, keepdims=True)
+    return log_prob - top - numpy.log(numpy.exp(log_prob - top).sum(
+        axis=1, keepdims=True))
+
+
 def _potential(points, centers):
     """K-means potential ``sum_i min_k |x_i - c_k|^2`` by direct differences
     in float64."""
@@ -139,7 +155,7 @@ def test_one_em_step_matches_sklearn(xp, reg_covar):
 
     x = xp.asarray(points)
     shift = x.mean(axis=0)  # the passes work on centred points
-    passes = gmm._passes_type(xp, x)(xp, x, shift)
+    passes = fit_passes.select_passes(xp, x)(xp, x, shift)
     ours = _host_mixture(passes.em_step(
         gmm.Mixture(*map(xp.asarray, init))._replace(
             means=xp.asarray(init.means) - shift), reg_covar))
@@ -353,8 +369,10 @@ def test_seeding_labels_are_the_nearest_seed():
     """The labels K-means++ tracks equal a direct nearest-seed assignment."""
     rs = numpy.random.RandomState(22)
     points = rs.randn(500, 6) * rs.uniform(0.5, 2, size=6)
-    centers, indices, labels = gmm._kmeans_plusplus(
-        numpy, points, 5, 3, numpy.random.RandomState(0))
+    centers, indices, labels = mixture_steps.kmeans_plusplus(
+        numpy, points, 5, 3, numpy.random.RandomState(0),
+        fit_passes.select_passes(numpy, points).candidate_distances(
+            numpy, points))
     d2 = ((points[:, None, :] - centers[None]) ** 2).sum(axis=2)
     numpy.testing.assert_array_equal(labels, d2.argmin(axis=1))
     numpy.testing.assert_array_equal(labels[indices], numpy.arange(5))
@@ -373,9 +391,9 @@ def test_row_blocks_give_the_same_fit(monkeypatch, dtype, sample_ratio):
                   min_weight=0.05, return_posterior=True)
     whole, tau_whole = gmm.fit_gmm(points, 4, rng=3, **kwargs)
     # 8 rows per block: 501 points -> 62 full blocks and one of 5 rows.
-    monkeypatch.setattr(gmm, 'BLOCK_BYTES',
+    monkeypatch.setattr(mixture_steps, 'BLOCK_BYTES',
                         8 * 2 * 9 * numpy.dtype(dtype).itemsize)
-    assert gmm._RowBlocks(numpy, points).block_rows == 8
+    assert fit_passes.RowBlocks(numpy, points).block_rows == 8
     blocked, tau_blocked = gmm.fit_gmm(points, 4, rng=3, **kwargs)
     rtol = 1e-4 if dtype == numpy.float32 else 1e-10
     assert blocked.n_components == whole.n_components
@@ -433,11 +451,12 @@ def test_prune_removes_light_component(xp):
     points, labels = _sample(rs, mixture, [600, 396, 4])
     x = xp.asarray(points)
     dev_mixture = gmm.Mixture(*map(xp.asarray, mixture))
-    log_resp, _ = gmm._e_step(xp, x, dev_mixture)
+    log_resp = xp.asarray(_log_resp64(points, mixture))
     mean_resp = _host(xp.exp(log_resp)).mean(axis=0)
     assert mean_resp[2] < 0.01 <= mean_resp[:2].min()  # the premise
 
-    pruned, log_resp = gmm._prune(xp, dev_mixture, log_resp, 0.01)
+    pruned, log_resp = mixture_steps.prune(xp, dev_mixture, log_resp,
+                                           0.01)
     tau = _host(xp.exp(log_resp))
     pruned_host = _host_mixture(pruned)
     assert pruned.n_components == 2
@@ -459,7 +478,7 @@ def test_prune_never_drops_every_component(xp):
     log_resp = xp.log(xp.full((30, 3), 1 / 3.))
     mixture = gmm.Mixture(xp.array([0.3, 0.4, 0.3]), xp.zeros((3, 2)),
                           xp.ones((3, 2)))
-    pruned, log_resp = gmm._prune(xp, mixture, log_resp, 0.9)
+    pruned, log_resp = mixture_steps.prune(xp, mixture, log_resp, 0.9)
     assert pruned.n_components == 1
     numpy.testing.assert_allclose(_host(pruned.weights), [1.0])
     numpy.testing.assert_allclose(_host(xp.exp(log_resp)), 1.0)
@@ -623,12 +642,13 @@ def test_float32_distances_rounding_below_zero(xp):
 
     x = xp.asarray(points)
     closest = xp.full(400, numpy.inf, numpy.float32)
-    d2 = _host(gmm._candidate_d2(xp, x, x[:4], closest))
+    candidate_d2 = fit_passes.select_passes(xp, x).candidate_distances(xp, x)
+    d2 = _host(candidate_d2(x[:4], closest))
     assert d2.shape == (4, 400)
     assert numpy.isfinite(d2).all() and (d2 >= 0).all()
     # A finite nearest distance caps the result.
     cap = xp.full(400, 0.5, numpy.float32)
-    assert (_host(gmm._candidate_d2(xp, x, x[:4], cap)) <= 0.5).all()
+    assert (_host(candidate_d2(x[:4], cap)) <= 0.5).all()
 
     for seed in range(5):
         centers, indices = gmm.kmeans_plusplus(x, 5, rng=seed)
@@ -748,8 +768,7 @@ def test_posterior_has_no_subnormal_numbers(xp, dtype):
     x = xp.asarray(points.astype(dtype))
     mixture = gmm.Mixture(*(xp.asarray(a.astype(dtype)) for a in truth))
     tiny = numpy.finfo(dtype).tiny
-    log_resp = _host(gmm._e_step(xp, *gmm.centre(x, mixture))[0])
-    exact = numpy.exp(log_resp.astype(numpy.float64))
+    exact = numpy.exp(_log_resp64(points.astype(dtype), truth))
     # The premise: a plain exp would give subnormal numbers here.
     assert ((exact > 0) & (exact < tiny)).any()
     for tau in (_host(gmm.posterior(x, mixture)),

@@ -40,7 +40,7 @@ import chainer.functions
 from chainer.utils import argument
 from chainer.utils import type_check
 
-from mn_chainer import gmm
+from mn_chainer import data_parallel
 
 
 def _compute_dtype(dtype):
@@ -162,7 +162,7 @@ class ComponentStatistics(collections.namedtuple(
 def _sums_statistics(xp, xc, t3, eps, reducer, shift):
     """Statistics from the sums of ``xc = x - shift`` (one all-reduce)."""
     tiny = numpy.finfo(xc.dtype).tiny
-    s, sum_x, sum_sq, m = gmm._allreduce(
+    s, sum_x, sum_sq, m = data_parallel.allreduce_packed(
         xp, reducer, t3.sum(axis=(0, 2)), _component_sums(xp, xc, t3),
         _component_sums(xp, xc * xc, t3),
         xp.full(1, xc.shape[0] * xc.shape[2], xc.dtype))
@@ -422,8 +422,9 @@ class MixtureNormalizationGrad(function_node.FunctionNode):
         # Per component (K, C): G1_k = sum_i a_ik g_i and
         # Gx_k = sum_i a_ik g_i x_i, so that sum_i h_ik = gamma G1_k and
         # sum_i h_ik x_hat_ik = gamma inv_std_k (Gx_k - mean_k G1_k).
-        g1, gxs = gmm._allreduce(xp, self.reducer, _component_sums(xp, g3, a),
-                                 _component_sums(xp, g3 * x3, a))
+        g1, gxs = data_parallel.allreduce_packed(
+            xp, self.reducer, _component_sums(xp, g3, a),
+            _component_sums(xp, g3 * x3, a))
         gx_hat = inv_std * (gxs - mean * g1)
         # First term: g_i sum_k a_ik gamma inv_std_k.
         gx = _bmm(xp, (gamma * inv_std).T, a)
@@ -448,7 +449,7 @@ class MixtureNormalizationGrad(function_node.FunctionNode):
             sums[1, k] = z.sum(axis=(0, 2))
             t *= scale  # first term: gamma inv_std_k t_k
             gx += t
-        sums, = gmm._allreduce(xp, self.reducer, sums)
+        sums, = data_parallel.allreduce_packed(xp, self.reducer, sums)
         t_sum = sums[0]
         t_x_hat_sum = inv_std * (sums[1] - mean * t_sum)
         self._subtract_mean_terms(xp, gx, x3, a, gamma * t_sum,

@@ -1,0 +1,482 @@
+"""The steps of the mixture fit, named by what they compute.
+
+This is the lowest room of the fit (DESIGN §1.1): array-generic functions on
+validated input, in the manner of scikit-learn's ``sklearn.mixture`` module
+(``_estimate_gaussian_parameters``, ``_estimate_log_gaussian_prob``,
+``_kmeans_plusplus``).  Above it, :mod:`mn_chainer.fit_passes` runs these
+steps over the points with one backend (NumPy arrays, the C kernels of
+:mod:`mn_chainer.cpu_kernels`, the CUDA kernels of :mod:`mn_chainer.kernels`);
+on top, :mod:`mn_chainer.gmm` is the public estimator that validates and
+orchestrates.
+
+* E-step: :func:`gaussian_log_terms`, :func:`estimate_log_prob`,
+  :func:`estimate_log_resp`, :func:`responsibilities`.
+* M-step: :func:`gaussian_sums`, :func:`gaussians_from_sums`
+  (together :func:`estimate_gaussian_parameters`).
+* K-means++: :func:`kmeans_plusplus` (with a backend's distances).
+* Lloyd: :func:`lloyd` (with a backend's assignment).
+* Pruning: :func:`prune` (paper §5.3).
+
+**Tiny values** (one rule for the three E-steps: NumPy here, C in
+``_cpu_kernels_impl.h``, CUDA in :mod:`mn_chainer.kernels`): a log-density
+more than ``log_floor(dtype) = ln(tiny) / 2`` below its point's largest
+(-43.7 in float32, -354 in float64) is raised to that floor before it is
+exponentiated, in the log-sum-exp normalizer and in the responsibilities
+that weigh the M-step's sums.  Such a term is below the rounding of the
+largest one (``exp(floor) = sqrt(tiny)``), so the floor changes no result
+beyond rounding, but no subnormal number is ever produced or summed (they
+make x86 arithmetic tens of times slower).  Log responsibilities are
+returned exact (``log p - log_norm``); posteriors returned to a caller are
+set to zero below the smallest normal number (:func:`exp_normal`).
+
+Every function takes the array module ``xp`` first (NumPy or CuPy) and
+imports neither Chainer nor CuPy.
+"""
+import collections
+import math
+
+import numpy
+
+from mn_chainer import data_parallel
+
+
+#: Bytes of one row block of ``[x, x^2]`` in the NumPy passes of the fit
+#: (:class:`mn_chainer.fit_passes.RowBlocks`): the E-step and the M-step of
+#: a block read it from the cache.
+BLOCK_BYTES = 2 ** 19
+
+
+class Mixture(collections.namedtuple('Mixture',
+                                     ('weights', 'means', 'variances'))):
+    """Parameters of a diagonal Gaussian mixture (immutable).
+
+    Attributes:
+        weights: Mixing weights ``pi_k``, array of shape ``(K,)``, summing
+            to one.
+        means: Component means ``mu_k``, array of shape ``(K, d)``.
+        variances: Per-dimension component variances ``var_k``, array of
+            shape ``(K, d)``.
+    """
+
+    __slots__ = ()
+
+    @property
+    def n_components(self):
+        """Number of components (the *effective K* after pruning)."""
+        return int(self.weights.shape[0])
+
+
+class NonFiniteError(ValueError):
+
+    """Points, or the mixture fitted to them, that are not finite numbers.
+
+    Raised by :func:`mn_chainer.gmm.fit_gmm` and :func:`mn_chainer.gmm.
+    posterior` for points holding NaN or Inf.  A subclass of
+    :class:`ValueError`, so that callers catching that keep working.
+    """
+
+
+def get_array_module(x):
+    """Return :mod:`cupy` for CuPy arrays and :mod:`numpy` otherwise.
+
+    CuPy is imported only when ``x`` is a CuPy array.
+    """
+    if type(x).__module__.split('.')[0] == 'cupy':
+        import cupy
+        return cupy
+    return numpy
+
+
+def to_host(a):
+    """A NumPy array of a NumPy or CuPy array (a copy for CuPy)."""
+    if isinstance(a, numpy.ndarray):
+        return a
+    return a.get()
+
+
+def compute_dtype(dtype):
+    """The dtype statistics of ``dtype`` arrays are computed in.
+
+    float16 is computed in float32 (as Chainer's batch normalization does);
+    float32 and float64 keep their precision.
+
+    Raises:
+        TypeError: ``dtype`` is not a floating type.
+    """
+    dtype = numpy.dtype(dtype)
+    if dtype.kind != 'f':
+        raise TypeError('expected floating point values, got dtype {}'
+                        .format(dtype))
+    return numpy.dtype(numpy.float32) if dtype.itemsize < 4 else dtype
+
+
+def log_floor(dtype):
+    """``ln(tiny) / 2`` of ``dtype``: the tiny-value floor (module doc)."""
+    return 0.5 * math.log(numpy.finfo(dtype).tiny)
+
+
+def exp_normal(xp, log_p):
+    """``exp(log_p)``, with results below the smallest normal float set to 0.
+
+    Such results (below ``1.2e-38`` in float32, ``2.2e-308`` in float64)
+    are subnormal numbers, which keep a few significant bits at most and
+    make every later product with them tens of times slower on x86 CPUs;
+    the posterior of a well separated mixture is full of them.
+    """
+    tiny = math.log(numpy.finfo(log_p.dtype).tiny)
+    return xp.where(log_p < tiny, 0, xp.exp(log_p))
+
+
+def log_weights(xp, weights):
+    """``log(weights)`` with ``log(0) = -inf`` (an absent component) and no
+    warning."""
+    with numpy.errstate(divide='ignore'):
+        return xp.log(weights)
+
+
+# ---------------------------------------------------------------------------
+# E-step
+
+
+def gaussian_log_terms(xp, mixture):
+    """The E-step's log-densities as one product: ``log pi_k p(x | k) =
+    [x, x^2] @ coef[:, k] + const[k]``.
+
+    Expanding ``sum_j prec_kj (x_j - mu_kj)^2`` (as scikit-learn does) makes
+    the log-densities of all components one matrix product.
+
+    Args:
+        mixture (Mixture): The mixture (``weights`` may hold zeros).
+
+    Returns:
+        tuple: ``coef (2d, K)`` (C-contiguous) and ``const (K,)``.
+    """
+    means = mixture.means
+    precisions = 1 / mixture.variances
+    d = means.shape[1]
+    coef = xp.concatenate((means * precisions, -0.5 * precisions), axis=1).T
+    const = log_weights(xp, mixture.weights) - 0.5 * (
+        d * math.log(2 * math.pi) + (means * means * precisions).sum(axis=1)
+        - xp.log(precisions).sum(axis=1))
+    return xp.ascontiguousarray(coef), const
+
+
+def estimate_log_prob(xp, augmented, terms):
+    """Weighted log-densities ``log pi_k + log N(x_i | mu_k, var_k)``.
+
+    Args:
+        augmented: ``[x, x^2]`` of the points, shape ``(m, 2d)``
+            (:func:`augment`).
+        terms: :func:`gaussian_log_terms` of the mixture.
+
+    Returns:
+        Array of shape ``(m, K)``.
+    """
+    coef, const = terms
+    log_prob = augmented @ coef
+    log_prob += const
+    return log_prob
+
+
+def logsumexp(xp, log_prob):
+    """Row-wise log-sum-exp of ``(m, K)``, shape ``(m,)``, with the
+    tiny-value floor of the module doc; a row of ``-inf`` gives ``-inf``."""
+    amax = log_prob.max(axis=1, keepdims=True)
+    shifted = log_prob - xp.where(xp.isfinite(amax), amax, 0)
+    xp.maximum(shifted, log_floor(shifted.dtype), out=shifted)
+    out = xp.log(xp.exp(shifted, out=shifted).sum(axis=1)) + amax[:, 0]
+    return out
+
+
+def estimate_log_resp(xp, log_prob):
+    """E-step in log space (overwrites ``log_prob``).
+
+    Args:
+        log_prob: :func:`estimate_log_prob`, shape ``(m, K)``.
+
+    Returns:
+        tuple: log responsibilities ``log_prob - log_norm[:, None]``
+        ``(m, K)`` and ``log_norm (m,)`` (:func:`logsumexp`).
+    """
+    log_norm = logsumexp(xp, log_prob)
+    log_prob -= log_norm[:, None]
+    return log_prob, log_norm
+
+
+def responsibilities(xp, log_prob):
+    """Responsibilities of the M-step from log-densities (overwrites them).
+
+    The softmax of every row (max subtracted, exponentiated in place,
+    divided by the row sums): the same numbers as ``exp(log_resp)`` in half
+    the array operations, with the tiny-value floor of the module doc.
+
+    Args:
+        log_prob: ``(m, K)`` log-densities, or anything that differs from
+            them by a per-row constant (log responsibilities).
+
+    Returns:
+        ``(m, K)`` responsibilities, rows summing to one.
+    """
+    resp = log_prob
+    resp -= resp.max(axis=1, keepdims=True)
+    xp.maximum(resp, log_floor(resp.dtype), out=resp)
+    xp.exp(resp, out=resp)
+    resp /= resp.sum(axis=1, keepdims=True)
+    return resp
+
+
+# ---------------------------------------------------------------------------
+# M-step
+
+
+def augment(xp, x, out=None):
+    """``[x, x^2]``, shape ``(m, 2d)`` (into ``out`` if given)."""
+    d = x.shape[1]
+    if out is None:
+        out = xp.empty((x.shape[0], 2 * d), dtype=x.dtype)
+    out[:, :d] = x
+    xp.multiply(x, x, out=out[:, d:])
+    return out
+
+
+def gaussian_sums(xp, augmented, resp):
+    """Sufficient statistics of the M-step.
+
+    Args:
+        augmented: ``[x, x^2]`` ``(m, 2d)``.
+        resp: Responsibilities ``(m, K)``.
+
+    Returns:
+        tuple: ``sum_i resp_ik`` ``(K,)`` and ``sum_i resp_ik [x_i, x_i^2]``
+        ``(K, 2d)``.
+    """
+    return resp.sum(axis=0), resp.T @ augmented
+
+
+def gaussians_from_sums(xp, nk, sums, reg_covar):
+    """``(nk, means, variances)`` from the sums of :func:`gaussian_sums`.
+
+    ``nk`` gets ``10 * eps`` (so that an empty component stays finite) and
+    the variances ``E[x^2] - mu^2`` (never below zero) get ``reg_covar``, as
+    scikit-learn's ``_estimate_gaussian_parameters``.
+    """
+    d = sums.shape[1] // 2
+    nk = nk + 10 * numpy.finfo(sums.dtype).eps
+    means = sums[:, :d] / nk[:, None]
+    variances = xp.maximum(sums[:, d:] / nk[:, None] - means * means, 0)
+    return nk, means, variances + reg_covar
+
+
+def estimate_gaussian_parameters(points, resp, reg_covar):
+    """M-step statistics of diagonal Gaussians from responsibilities.
+
+    Args:
+        points: Array of shape ``(m, d)``.
+        resp: Responsibilities, array of shape ``(m, K)``.
+        reg_covar (float): Floor added to every variance.
+
+    Returns:
+        tuple: ``nk (K,)`` (responsibility sums plus ``10 * eps`` so that an
+        empty component stays finite), ``means (K, d)`` and
+        ``variances (K, d)`` (``E[x^2] - mu^2 + reg_covar``, never below
+        ``reg_covar``).
+    """
+    xp = get_array_module(points)
+    nk, sums = gaussian_sums(xp, augment(xp, points), resp)
+    return gaussians_from_sums(xp, nk, sums, reg_covar)
+
+
+def mixture_from_sums(xp, nk, sums, reg_covar, reducer=None):
+    """The M-step's mixture from the sums of a pass, summed over the
+    workers (:func:`mn_chainer.data_parallel.allreduce_packed`)."""
+    nk, sums = data_parallel.allreduce_packed(xp, reducer, nk, sums)
+    nk, means, variances = gaussians_from_sums(xp, nk, sums, reg_covar)
+    return Mixture(nk / nk.sum(), means, variances)
+
+
+# ---------------------------------------------------------------------------
+# K-means++ and Lloyd
+
+
+def default_n_trials(n_components):
+    """Greedy K-means++ candidates per centre: ``2 + floor(ln K)``."""
+    return 2 + int(math.log(n_components))
+
+
+def row_norms_sq(xp, points):
+    """``|x_i|^2`` of every row, shape ``(m,)``."""
+    if xp is numpy:
+        return numpy.einsum('ij,ij->i', points, points)
+    return (points * points).sum(axis=1)
+
+
+def candidate_d2(xp, points, candidates, closest_d2, points_sq=None):
+    """Squared distance to the nearest centre if ``candidates[t]`` is added.
+
+    Returns an array of shape ``(T, m)``:
+    ``min(closest_d2[i], ||points[i] - candidates[t]||^2)``, with the
+    expansion ``|x|^2 - 2 x.c + |c|^2`` (one matrix-vector product per
+    candidate), clipped at zero where rounding makes it negative.  The CUDA
+    and C twins (:func:`mn_chainer.kernels.kmeanspp_candidate_d2`,
+    :func:`mn_chainer.cpu_kernels.candidate_d2`) sum direct differences.
+
+    Args:
+        points_sq: Optional :func:`row_norms_sq` of ``points``.
+    """
+    if points_sq is None:
+        points_sq = row_norms_sq(xp, points)
+    # One matrix-vector product per candidate: BLAS streams the points at
+    # memory speed in a product with one column, where a product with a few
+    # columns runs at a third of it.  Chunks of rows of about
+    # 2 * BLOCK_BYTES stay in cache from one candidate to the next.
+    m, d = points.shape
+    d2 = xp.empty((candidates.shape[0], m), dtype=points.dtype)
+    rows = max(1, 4 * BLOCK_BYTES // (d * points.dtype.itemsize))
+    for start in range(0, m, rows):
+        xp.matmul(points[start:start + rows], candidates[:, :, None],
+                  out=d2[:, start:start + rows, None])
+    d2 *= -2
+    d2 += points_sq[None, :]
+    d2 += (candidates * candidates).sum(axis=1)[:, None]
+    xp.maximum(d2, 0, out=d2)
+    xp.minimum(d2, closest_d2[None, :], out=d2)
+    return d2
+
+
+def kmeans_plusplus(xp, points, n_components, n_trials, rng, candidate_d2,
+                    first=None, first_d2=None):
+    """Greedy K-means++ seeding (DESIGN §1.1 step 2), on validated input.
+
+    The first centre is a uniformly random point; each further centre is
+    the best of ``n_trials`` candidates drawn with probability proportional
+    to ``D(x)^2`` (the squared distance to the nearest chosen centre): the
+    one that lowers the total potential most.  On the GPU nothing is copied
+    to the host.
+
+    Args:
+        points: ``(m, d)``.
+        n_components (int): ``K <= m``.
+        n_trials (int): Candidates per centre.
+        rng: ``xp.random.RandomState``.
+        candidate_d2: The backend's distances of these points:
+            ``candidate_d2(candidates (T, d), closest_d2 (m,))`` returns
+            ``(T, m)`` as :func:`mn_chainer.mixture_steps.candidate_d2`.
+        first: Optional index ``(1,)`` of the first centre (drawn from
+            ``rng`` by the caller, which spares the draw here).
+        first_d2: Optional squared distances ``(m,)`` to the first centre.
+
+    Returns:
+        tuple: ``centers (K, d)``, ``indices (K,)`` and ``labels (m,)``, the
+        index of the nearest centre of every point (the first on a tie), as
+        a Lloyd assignment to the seeds would give it: the seeding tracks
+        it for free.
+    """
+    m = points.shape[0]
+    indices = xp.empty(n_components, dtype=numpy.int64)
+    if first is None:
+        first = rng.randint(0, m, size=1).astype(numpy.int64)
+    indices[0:1] = first
+    if first_d2 is None:
+        first_d2 = candidate_d2(points[first],
+                                xp.full(m, numpy.inf, points.dtype))[0]
+    closest_d2 = xp.ascontiguousarray(first_d2)
+    labels = xp.zeros(m, dtype=numpy.int64)
+    for c in range(1, n_components):
+        cumulative = xp.cumsum(closest_d2)
+        targets = rng.random_sample(n_trials).astype(points.dtype)
+        targets *= cumulative[-1]
+        candidates = xp.searchsorted(cumulative, targets)
+        candidates = xp.minimum(candidates, m - 1)
+        d2 = candidate_d2(points[candidates], closest_d2)
+        best = xp.argmin(d2.sum(axis=1))
+        new_d2 = xp.ascontiguousarray(d2[best])
+        labels = xp.where(new_d2 < closest_d2, c, labels)
+        closest_d2 = new_d2
+        indices[c:c + 1] = candidates[best:best + 1]
+    return points[indices], indices, labels
+
+
+def hard_assign(xp, points, centers):
+    """Index of the nearest centre of every point, shape ``(m,)``.
+
+    The CUDA twin is :func:`mn_chainer.kernels.kmeans_assign`.
+    """
+    # |x - c|^2 = |x|^2 - 2 x.c + |c|^2; |x|^2 does not change the argmin.
+    scores = points @ centers.T
+    scores *= -2
+    scores += (centers * centers).sum(axis=1)[None, :]
+    return scores.argmin(axis=1)
+
+
+def one_hot(xp, labels, n_components, dtype):
+    """``(m, K)`` indicator of ``labels``."""
+    return (labels[:, None] == xp.arange(n_components)[None, :]).astype(dtype)
+
+
+def lloyd(xp, x, centers, n_iter, assign, reducer=None, update_last=True,
+          labels=None):
+    """Lloyd iterations (DESIGN §1.1 step 3); an empty cluster keeps its
+    centre.
+
+    Args:
+        x: Points ``(m, d)``.
+        centers: ``(K, d)``.
+        n_iter (int): Assignment + update steps, ``>= 1``.
+        assign: The backend's assignment: ``assign(x, centers)`` gives the
+            labels ``(m,)`` (as :func:`hard_assign`).
+        reducer: Sums the cluster sums over the workers.
+        update_last (bool): False skips the last update (the caller needs
+            the assignment only).
+        labels: Optional assignment to ``centers`` (from the seeding),
+            which spares the first one.
+
+    Returns:
+        tuple: ``centers (K, d)`` and the last assignment ``labels (m,)``.
+    """
+    n_components = centers.shape[0]
+    for i in range(n_iter):
+        if i > 0 or labels is None:
+            labels = assign(x, centers)
+        if i == n_iter - 1 and not update_last:
+            break
+        indicator = one_hot(xp, labels, n_components, x.dtype)
+        counts, sums = data_parallel.allreduce_packed(
+            xp, reducer, indicator.sum(axis=0), indicator.T @ x)
+        centers = xp.where(counts[:, None] > 0,
+                           sums / xp.maximum(counts, 1)[:, None], centers)
+    return centers, labels
+
+
+# ---------------------------------------------------------------------------
+# Pruning
+
+
+def prune(xp, mixture, log_resp, min_weight, reducer=None):
+    """Drop components lighter than ``min_weight`` (paper §5.3).
+
+    The weight of a component is its mean responsibility over every point
+    (of every worker).  The kept weights are renormalised, and so is the
+    posterior (in log space), which equals the posterior under the pruned
+    mixture.  The heaviest component is always kept.
+
+    Returns:
+        tuple: The pruned mixture and log posterior ``(m, K_eff)``.
+    """
+    if min_weight <= 0:
+        return mixture, log_resp
+    resp_sum, count = data_parallel.allreduce_packed(
+        xp, reducer, exp_normal(xp, log_resp).sum(axis=0),
+        xp.full(1, log_resp.shape[0], log_resp.dtype))
+    mean_resp = resp_sum / count
+    keep = mean_resp >= min_weight
+    keep[xp.argmax(mean_resp)] = True  # never drop every component
+    keep = numpy.flatnonzero(to_host(keep))  # one host sync per fit
+    if keep.size == mixture.n_components:
+        return mixture, log_resp
+    keep = xp.asarray(keep)
+    weights = mixture.weights[keep]
+    mixture = Mixture(weights / weights.sum(), mixture.means[keep],
+                      mixture.variances[keep])
+    log_resp = log_resp[:, keep]
+    log_resp = log_resp - logsumexp(xp, log_resp)[:, None]
+    return mixture, log_resp
