@@ -39,3 +39,34 @@ def get_model_class(name):
 def get_model(name, *args, **kwargs):
     """Build the model registered as ``name`` with the given arguments."""
     return get_model_class(name)(*args, **kwargs)
+
+
+def get_model_from_settings(settings, comm=None):
+    """Build the predictor that a CIFAR run's settings describe.
+
+    Args:
+        settings (dict): A run's resolved settings (its ``args.json``):
+            ``model``, ``n_class``, ``widths`` and, for MN runs,
+            ``mn_layers``, ``n_components``, ``em_iter``, ``mn_relu`` (if
+            absent: :data:`models.normalization.MN_DEFAULTS`) and ``seed``
+            (the seed of the MN fits).
+        comm: A ChainerMN communicator for multi-node MN (None: one
+            process).
+
+    Returns:
+        chainer.Chain: The freshly initialised predictor.
+    """
+    kwargs = {}
+    if settings.get('widths'):
+        kwargs['widths'] = tuple(settings['widths'])
+    mn_kwargs = None
+    if settings.get('mn_layers'):
+        mn_kwargs = dict(n_components=settings['n_components'],
+                         em_iter=settings['em_iter'], seed=settings['seed'])
+        if settings.get('mn_relu') is not None:
+            mn_kwargs['relu'] = settings['mn_relu']
+        if comm is not None:
+            mn_kwargs['comm'] = comm
+    return get_model(settings['model'], n_class=settings['n_class'],
+                     mn_layers=settings.get('mn_layers') or None,
+                     mn_kwargs=mn_kwargs, **kwargs)
