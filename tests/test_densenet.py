@@ -100,8 +100,14 @@ def test_paper_mn_placement():
         is_mn = isinstance(links[path], mn_chainer.links.MixtureNormalization)
         assert is_mn == (name in ('trans1', 'trans2', 'final'))
     for link in mns.values():
-        assert link.n_components == 5
+        # Every replaced norm precedes a ReLU: Eq. 40 by default (the one
+        # default of models.normalization.MN_DEFAULTS).
+        assert link.n_components == 5 and link.relu
+    assert sorted(model.mn_layers) == ['final', 'trans1', 'trans2']
     assert len(_bn_paths(model)) == 3 * 12
+    plain = densenet.DenseNet(depth=7, mn_layers=['final'],
+                              mn_kwargs={'relu': False})
+    assert not plain.final.relu
 
 
 @pytest.mark.parametrize('mn_layers', [None, ['trans1', 'trans2', 'final']])

@@ -158,6 +158,16 @@ def test_mn_layers_replace(layers, count):
         assert is_mn == (name in expected), name
     # The remaining BNs are untouched.
     assert len(_bn_paths(model)) == len(paths) - count
+    # Every replaced norm precedes a ReLU: Eq. 40 by default (the one
+    # default of models.normalization.MN_DEFAULTS), unless asked otherwise.
+    assert all(link.relu for _, link in
+               mn_chainer.links.iter_mixture_normalizations(model))
+    assert len(model.mn_layers) == count
+
+
+def test_plain_mn_form():
+    model = _small(mn_layers=['inc2/0/2/4'], mn_kwargs={'relu': False})
+    assert not model.inc2[0][2][4].bn.relu
 
 
 def test_mn_unknown_layer_is_error():
