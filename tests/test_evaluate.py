@@ -11,6 +11,7 @@ import pytest
 import chainer
 import chainer.links as L
 
+import cifar_files
 import mn_chainer.datasets
 from mn_chainer import evaluate
 import mn_chainer.links as ML
@@ -20,20 +21,9 @@ import models
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _tiny_cifar(path, n_train=48, n_test=20):
-    rs = numpy.random.RandomState(0)
-    numpy.savez(
-        path,
-        x_train=rs.randint(0, 256, (n_train, 32, 32, 3)).astype('uint8'),
-        y_train=rs.randint(0, 10, n_train).astype('int64'),
-        x_test=rs.randint(0, 256, (n_test, 32, 32, 3)).astype('uint8'),
-        y_test=rs.randint(0, 10, n_test).astype('int64'))
-    return str(path)
-
-
 def _run_dir(tmp_path, mn_layers=('conv3',), name='run'):
     """A run directory as train_cifar.py leaves it: args.json, snapshots."""
-    data = _tiny_cifar(tmp_path / 'tiny.npz')
+    data = cifar_files.write_tiny_cifar(tmp_path / 'tiny.npz', 48, 20)
     out = tmp_path / name
     out.mkdir()
     settings = dict(model='cifar_cnn', dataset='cifar10', data=data,

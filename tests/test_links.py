@@ -60,6 +60,26 @@ def _padded(pi, mean, var, k=3, c=4):
     return weights, means, variances
 
 
+def _check_k1_is_batch_normalization(backend_config, x, bn_kwargs,
+                                     mn_kwargs):
+    """Training outputs and gradients of MN at K = 1 equal BN's."""
+    gy = numpy.random.RandomState(1).randn(*x.shape)
+    results = []
+    for link in (L.BatchNormalization(dtype=numpy.float64, **bn_kwargs),
+                 ML.MixtureNormalization(dtype=numpy.float64, n_components=1,
+                                         **mn_kwargs)):
+        link.to_device(backend_config.device)
+        xv = chainer.Variable(backend_config.get_array(x))
+        y = link(xv)
+        y.grad = backend_config.get_array(gy)
+        y.backward()
+        results.append([to_cpu(a) for a in (
+            y, xv.grad, link.gamma.grad, link.beta.grad)])
+        assert link.gamma.shape == link.beta.shape == results[-1][2].shape
+    for ours, theirs in zip(results[1], results[0]):
+        numpy.testing.assert_allclose(ours, theirs, rtol=1e-9, atol=1e-9)
+
+
 # ---------------------------------------------------------------------------
 # Training and queue inference (every backend)
 
@@ -104,21 +124,9 @@ class TestTraining(unittest.TestCase):
         assert sorted(numpy.round(means[:, 0] / 3)) == [0, 1, 2]
 
     def test_k1_is_batch_normalization(self, backend_config):
-        x = _activations(dtype=numpy.float64)
-        gy = numpy.random.RandomState(3).randn(*x.shape)
-        mn = ML.MixtureNormalization(4, n_components=1, dtype=numpy.float64)
-        bn = L.BatchNormalization(4, dtype=numpy.float64)
-        results = []
-        for link in (mn, bn):
-            link.to_device(backend_config.device)
-            xv = chainer.Variable(backend_config.get_array(x))
-            y = link(xv)
-            y.grad = backend_config.get_array(gy)
-            y.backward()
-            results.append([to_cpu(a) for a in (
-                y, xv.grad, link.gamma.grad, link.beta.grad)])
-        for ours, theirs in zip(*results):
-            numpy.testing.assert_allclose(ours, theirs, rtol=1e-9, atol=1e-9)
+        _check_k1_is_batch_normalization(
+            backend_config, _activations(dtype=numpy.float64), {'size': 4},
+            {'size': 4})
 
     def test_degenerate_batch_stays_finite(self, backend_config):
         link = ML.MixtureNormalization(4, n_components=3, seed=0)
@@ -458,32 +466,16 @@ def test_positional_arguments_in_bn_order():
 @testing.inject_backend_tests(None, backends.BACKENDS)
 class TestAxis(unittest.TestCase):
 
-    def _pair(self, backend_config, bn_kwargs, mn_kwargs, x):
-        """Training outputs and gradients of BN and MN at K = 1."""
-        gy = numpy.random.RandomState(1).randn(*x.shape)
-        results = []
-        for link in (L.BatchNormalization(dtype=numpy.float64, **bn_kwargs),
-                     ML.MixtureNormalization(dtype=numpy.float64,
-                                             n_components=1, **mn_kwargs)):
-            link.to_device(backend_config.device)
-            xv = chainer.Variable(backend_config.get_array(x))
-            y = link(xv)
-            y.grad = backend_config.get_array(gy)
-            y.backward()
-            results.append([to_cpu(a) for a in (
-                y, xv.grad, link.gamma.grad, link.beta.grad)])
-            assert link.gamma.shape == link.beta.shape == results[-1][2].shape
-        for ours, theirs in zip(results[1], results[0]):
-            numpy.testing.assert_allclose(ours, theirs, rtol=1e-9, atol=1e-9)
-
     def test_k1_matches_batch_normalization_axis(self, backend_config):
         x = numpy.random.RandomState(0).randn(5, 3, 4, 2) * 2 + 1
         for axis in (0, (0, 2), (0, 2, 3), (1, 3), (0, 1, 3)):
-            self._pair(backend_config, {'axis': axis}, {'axis': axis}, x)
+            _check_k1_is_batch_normalization(
+                backend_config, x, {'axis': axis}, {'axis': axis})
 
     def test_k1_matches_batch_normalization_size_tuple(self, backend_config):
         x = numpy.random.RandomState(0).randn(5, 3, 4, 2) * 2 + 1
-        self._pair(backend_config, {'size': (3, 4)}, {'size': (3, 4)}, x)
+        _check_k1_is_batch_normalization(
+            backend_config, x, {'size': (3, 4)}, {'size': (3, 4)})
 
     def test_axis_is_the_point_axes(self, backend_config):
         # axis=(0, 2) of (N, C, H, W): the points are the (C, W) matrices
@@ -768,3 +760,51 @@ def test_finetune_a_whole_model():
     repeating = chainer.iterators.SerialIterator(data, 16)
     with pytest.raises(ValueError, match='n_batches'):
         ML.finetune(model, repeating)
+
+
+def test_device_transfer_moves_the_population_state():
+    class Recorder(chainer.device_resident.DeviceResidentsVisitor):
+        def __init__(self):
+            self.arrays = []
+
+        def visit_device_resident(self, device_resident):
+            pass
+
+        def visit_array(self, arr):
+            self.arrays.append(arr)
+            return arr.copy()
+
+        def visit_variable(self, param):
+            pass
+
+    link = ML.MixtureNormalization(4, n_components=2, seed=0)
+    _train_steps(link, 1)
+    _train_steps(link, 1, finetune=True)
+    state = {name: getattr(link, name) for name in (
+        'population_weights', 'population_means', 'population_variances',
+        'queue_means', '_last_tau')}
+    sample = link._reservoir.sample
+    recorder = Recorder()
+    link.device_resident_accept(recorder)
+    visited = {id(a) for a in recorder.arrays}
+    assert {id(a) for a in state.values()} | {id(sample)} <= visited
+    for name, array in state.items():
+        assert getattr(link, name) is not array  # replaced by the copy
+    assert link._reservoir.sample is not sample
+
+
+def test_conv_2d_bn_activ_as_chainercv():
+    import chainercv.links
+    x = numpy.random.RandomState(0).randn(2, 3, 6, 6).astype('f')
+    ours = ML.Conv2DBNActiv(3, 4, 3, pad=1, norm_kwargs={'eps': 1e-3})
+    theirs = chainercv.links.Conv2DBNActiv(3, 4, 3, pad=1,
+                                           bn_kwargs={'eps': 1e-3})
+    assert sorted(n for n, _ in ours.namedparams()) == sorted(
+        n for n, _ in theirs.namedparams())  # same snapshot keys
+    ours.conv.W.array[...] = theirs.conv.W.array
+    numpy.testing.assert_array_equal(ours(x).array, theirs(x).array)
+    assert ours.bn.eps == 1e-3 and ours.conv.b is None
+    lazy = ML.Conv2DBNActiv(4, 3, activ=None, nobias=False)  # no in_channels
+    y = lazy(x)
+    assert lazy.conv.W.shape == (4, 3, 3, 3) and lazy.conv.b is not None
+    assert (y.array < 0).any()  # no activation

@@ -13,8 +13,9 @@ import shutil
 import subprocess
 import sys
 
-import numpy
 import pytest
+
+import cifar_files
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,17 +34,6 @@ def _run_mpi(n_workers, args, cwd=None):
         stderr=subprocess.STDOUT, timeout=300, universal_newlines=True)
     assert result.returncode == 0, result.stdout[-5000:]
     return result.stdout
-
-
-def _tiny_cifar(path, n_train, n_test):
-    rs = numpy.random.RandomState(0)
-    numpy.savez(
-        path,
-        x_train=rs.randint(0, 256, (n_train, 32, 32, 3)).astype('uint8'),
-        y_train=rs.randint(0, 10, n_train).astype('int64'),
-        x_test=rs.randint(0, 256, (n_test, 32, 32, 3)).astype('uint8'),
-        y_test=rs.randint(0, 10, n_test).astype('int64'))
-    return str(path)
 
 
 def _mpiexec_or_skip():
@@ -65,7 +55,7 @@ def test_multi_node_equals_single_process(n_workers):
 
 
 def test_train_cifar_with_communicator(tmp_path):
-    data = _tiny_cifar(tmp_path / 'tiny.npz', 64, 16)
+    data = cifar_files.write_tiny_cifar(tmp_path / 'tiny.npz', 64, 16)
     out = str(tmp_path / 'out')
     _run_mpi(2, [os.path.join(ROOT, 'train_cifar.py'),
                  '--communicator', 'naive', '--data', data, '--norm', 'mn',
@@ -83,7 +73,7 @@ def test_train_cifar_with_communicator(tmp_path):
 
 
 def test_train_dcgan_with_communicator(tmp_path):
-    data = _tiny_cifar(tmp_path / 'tiny.npz', 32, 8)
+    data = cifar_files.write_tiny_cifar(tmp_path / 'tiny.npz', 32, 8)
     out = str(tmp_path / 'out')
     _run_mpi(2, [os.path.join(ROOT, 'train_dcgan.py'),
                  '--communicator', 'naive', '--data', data, '--mn',

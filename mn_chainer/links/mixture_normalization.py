@@ -429,6 +429,18 @@ class MixtureNormalization(link.Link):
     def _name(self):
         return self.layer_name or self.name or type(self).__name__
 
+    def device_resident_accept(self, visitor):
+        super(MixtureNormalization, self).device_resident_accept(visitor)
+        # The state outside the registered persistents moves along.
+        for name in self._POPULATION_KEYS + ('_last_tau',):
+            array = getattr(self, name)
+            if isinstance(array, chainer.get_array_types()):
+                setattr(self, name, visitor.visit_array(array))
+        if self._reservoir is not None and self._reservoir.sample is not None:
+            self._reservoir.sample = visitor.visit_array(
+                self._reservoir.sample)
+        self._rng = None
+
     # -- serialization ----------------------------------------------------
 
     _POPULATION_KEYS = ('population_weights', 'population_means',
