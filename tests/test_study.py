@@ -924,29 +924,33 @@ def test_run_real_trainer_skips_and_resumes(tmp_path, tiny_cifar):
     assert 'BN-2       2  0 1' in report and 'MN-2       2  0 1' in report
 
 
-def test_run_under_mpiexec(tmp_path, tiny_cifar, monkeypatch):
+def test_run_under_mpiexec(tmp_path, tiny_cifar):
     mpiexec = shutil.which('mpiexec')
     if mpiexec is None:
         pytest.skip('mpiexec not found')
     pytest.importorskip('mpi4py')
-    for name, value in (('OMPI_ALLOW_RUN_AS_ROOT', '1'),
-                        ('OMPI_ALLOW_RUN_AS_ROOT_CONFIRM', '1'),
-                        ('OMPI_MCA_rmaps_base_oversubscribe', '1')):
-        monkeypatch.setenv(name, value)
+    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT='1',
+               OMPI_ALLOW_RUN_AS_ROOT_CONFIRM='1',
+               OMPI_MCA_rmaps_base_oversubscribe='1')
     out = tmp_path / 'study'
-    flags = ['--communicator', 'naive', '--data', tiny_cifar, '--widths',
-             '4,4,8,8', '-b', '8', '--train-subset', '32', '--test-subset',
-             '16', '-e', '1']
-    stdout = io.StringIO()
-    runner = study.StudyRunner(str(out), ['BN-2'], [3], flags, threads=1,
-                               launcher=[mpiexec, '-n', '2'], stdout=stdout,
-                               poll=0.05)
-    assert runner.run() == 0, stdout.getvalue()
+    argv = [sys.executable, '-m', 'mn_chainer.study', 'run', '--presets',
+            'BN-2', '--seeds', '3', '-o', str(out), '--threads', '1',
+            '--launcher', '{} -n 2'.format(mpiexec), '--',
+            '--communicator', 'naive', '--data', tiny_cifar, '--widths',
+            '4,4,8,8', '-b', '8', '--train-subset', '32', '--test-subset',
+            '16', '-e', '1']
+    # In a subprocess with a time limit: a hung run cannot hang the tests
+    # (killing mn-study stops its runs).
+    result = subprocess.run(argv, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, timeout=300,
+                            universal_newlines=True)
+    assert result.returncode == 0, result.stdout
     with open(str(out / 'BN-2' / 'seed3' / 'args.json')) as f:
         args = json.load(f)
     assert (args['n_workers'], args['seed'], args['epoch']) == (2, 3, 1)
-    assert '[1/1] BN-2/seed3: finished in' in stdout.getvalue()
-    stdout = io.StringIO()
-    runner.stdout = stdout
-    assert runner.run() == 0
-    assert 'finished before, skipped' in stdout.getvalue()
+    assert '[1/1] BN-2/seed3: finished in' in result.stdout
+    result = subprocess.run(argv, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, timeout=300,
+                            universal_newlines=True)
+    assert result.returncode == 0, result.stdout
+    assert 'finished before, skipped' in result.stdout
