@@ -13,10 +13,19 @@ Normalization (K = 3, EM iter 2, Eq. 40)::
 
 FID needs the FID Inception weights (see :mod:`mn_chainer.fid` and
 ``tools/convert_fid_inception.py``); without them it is reported as
-unavailable and not logged.
+unavailable and not logged. ``--dump-mixtures norm1,norm2`` writes the
+generator's mixtures into ``<out>/mixtures.npz`` (paper Fig. 8, drawn by
+``mn-plot mixture``).
+
+The run directory belongs to one run and ``--resume`` continues it as
+``train_cifar.py`` does (see :mod:`mn_chainer.runs`): flags left out take
+the snapshot's values, the lengths, intervals, device, FID and dump flags
+may change (recorded in ``args.json``), and a flag that contradicts the
+snapshot is refused. Errors end with one line on stderr (exit status 2 for
+usage errors, 1 for data or environment errors; ``--debug`` shows the
+traceback).
 """
 import argparse
-import json
 import os
 import sys
 import warnings
@@ -28,9 +37,57 @@ import chainer.functions as F
 from chainer import training
 from chainer.training import extensions
 
+from mn_chainer import cli
 import mn_chainer.datasets
+import mn_chainer.extensions
+from mn_chainer.extensions import FIDEvaluator
 import mn_chainer.fid
+import mn_chainer.links
+from mn_chainer import rundir
+from mn_chainer import runs
 import models.dcgan
+
+
+#: Program name of the messages.
+PROG = 'train_dcgan.py'
+
+#: Settings where neither a flag nor a resumed snapshot gives one (the
+#: paper's section 4.5 and Chainer's DCGAN example).
+DEFAULTS = dict(
+    batchsize=64, iterations=100000, n_hidden=100, ch=512, seed=0,
+    snapshot_interval=10000, display_interval=100, alpha=2e-4, beta1=0.5,
+    n_components=3, em_iter=2, dataset='cifar10', device='-1',
+    fid_interval=10000, fid_samples=50000, fid_batchsize=100,
+)
+
+#: Settings key -> flag, for the checks of a resume.
+FLAGS = {
+    'batchsize': '--batchsize', 'n_hidden': '--n-hidden', 'ch': '--ch',
+    'seed': '--seed', 'alpha': '--alpha', 'beta1': '--beta1', 'mn': '--mn',
+    'n_components': '--n-components', 'em_iter': '--em-iter',
+    'dataset': '--dataset', 'train_subset': '--train-subset',
+    'n_workers': 'the number of workers (mpiexec -n)',
+    'iterations': '--iterations', 'device': '--device', 'data': '--data',
+    'communicator': '--communicator',
+    'snapshot_interval': '--snapshot-interval',
+    'display_interval': '--display-interval',
+    'sample_interval': '--sample-interval',
+    'fid_interval': '--fid-interval', 'fid_samples': '--fid-samples',
+    'fid_batchsize': '--fid-batchsize',
+    'inception_weights': '--inception-weights', 'fid_stats': '--fid-stats',
+    'dump_mixtures': '--dump-mixtures', 'dump_interval': '--dump-interval',
+}
+
+#: Settings a resumed run may change (applied and recorded); the others
+#: are the snapshot's, and a flag that contradicts one is refused.
+RESUME_MAY_CHANGE = (
+    'iterations', 'device', 'data', 'communicator', 'snapshot_interval',
+    'display_interval', 'sample_interval', 'fid_interval', 'fid_samples',
+    'fid_batchsize', 'inception_weights', 'fid_stats', 'dump_mixtures',
+    'dump_interval')
+
+#: The flags a resume takes from its snapshot when left out.
+_RECORDED = {key: key for key in FLAGS if key != 'n_workers'}
 
 
 class GANUpdater(training.updaters.StandardUpdater):
@@ -49,8 +106,9 @@ class GANUpdater(training.updaters.StandardUpdater):
     through discriminator weights already changed in place by the first
     step; a fresh forward pass avoids that mix.) The batches are ``uint8``
     images (N, 3, 32, 32) mapped to ``[-1, 1]`` here; ``z`` is drawn from
-    ``rng``, whose state is saved with the trainer so a resumed run draws
-    what an uninterrupted one would.
+    ``rng`` (kept in the snapshots by
+    :class:`mn_chainer.extensions.RandomStates`, so a resumed run draws
+    what an uninterrupted one would).
 
     Args:
         models (tuple): ``(gen, dis)``.
@@ -99,17 +157,6 @@ class GANUpdater(training.updaters.StandardUpdater):
         # discriminator, through a fresh forward pass.
         gen_optimizer.update(self.loss_gen, gen, dis(x_fake))
 
-    def serialize(self, serializer):
-        super(GANUpdater, self).serialize(serializer)
-        name, keys, pos, has_gauss, cached = self.rng.get_state()
-        keys = serializer('rng_keys', numpy.array(keys))
-        extra = serializer('rng_state', numpy.array(
-            [pos, has_gauss, cached], dtype=numpy.float64))
-        if isinstance(serializer, chainer.serializer.Deserializer):
-            self.rng.set_state((name, numpy.asarray(keys, numpy.uint32),
-                                int(extra[0]), int(extra[1]),
-                                float(extra[2])))
-
 
 def to_uint8_grid(images, rows, cols):
     """Tile images ``(rows * cols, 3, H, W)`` in ``[-1, 1]`` into an RGB grid.
@@ -151,293 +198,377 @@ def sample_grid(gen, rows, cols, seed, out, dirname='preview'):
     return make_image
 
 
-class FIDEvaluator(training.Extension):
+def _ch(text):
+    value = cli.positive(int)(text)
+    if value % 8:
+        raise argparse.ArgumentTypeError(
+            'must be a multiple of 8 (three deconvolutions halve it), got '
+            '{}'.format(text))
+    return value
 
-    """Report ``FID`` of the generator's samples against real statistics.
 
-    Samples are drawn in test mode. The real statistics are read from
-    ``stats_path`` when it exists; otherwise they are computed from
-    ``real_images`` at the first evaluation and cached there.
+def _beta(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            'expected a number in [0, 1), got {!r}'.format(text))
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(
+            'must be in [0, 1), got {}'.format(text))
+    return value
 
-    Args:
-        gen (chainer.Link): The generator.
-        inception (mn_chainer.fid.InceptionV3FID): Pretrained extractor.
-        real_images (numpy.ndarray): ``uint8`` images (N, 3, 32, 32), read
-            only on a cache miss.
-        stats_path (str): Cache of the real statistics (npz).
-        n_samples (int): Generated samples per evaluation.
-        batchsize (int): Batch size of generation and feature extraction.
-        seed (int): Seed of the evaluation's ``z`` (the same every time).
 
-    """
+def get_parser():
+    """The command line of ``train_dcgan.py``."""
+    parser = argparse.ArgumentParser(
+        prog=PROG, formatter_class=cli.HelpFormatter,
+        description='DCGAN on CIFAR-10 with batch or mixture normalization '
+        '(Kalayeh & Shah, section 4.5). On --resume, flags left out take '
+        'the snapshot\'s values.')
+    positive = cli.positive(int)
+    group = parser.add_argument_group('training')
+    group.add_argument('--batchsize', '-b', type=positive,
+                       help='images in each mini-batch (per worker; '
+                       'default: {})'.format(DEFAULTS['batchsize']))
+    group.add_argument('--iterations', type=positive,
+                       help='generator updates (default: {})'.format(
+                           DEFAULTS['iterations']))
+    cli.add_option(group, '--n-hidden', '-n', aliases=('--n_hidden',),
+                   type=positive, help='dimension of z (default: 100)')
+    group.add_argument('--ch', type=_ch,
+                       help='widest channel count of G and D (default: '
+                       '512)')
+    group.add_argument('--alpha', type=cli.positive(float),
+                       help='Adam alpha of both networks (default: 2e-4)')
+    group.add_argument('--beta1', type=_beta,
+                       help='Adam beta1 of both networks (default: 0.5)')
+    group.add_argument('--seed', type=int,
+                       help='seed of z, shuffling, MN fits and the subset '
+                       '(default: 0)')
 
-    trigger = 10000, 'iteration'
-    priority = training.PRIORITY_WRITER
+    group = parser.add_argument_group('mixture normalization')
+    group.add_argument('--mn', nargs='*', metavar='LAYER',
+                       help='use MN in the generator; without names, at the '
+                       'paper\'s layers (norm1 norm2 = "paper")')
+    cli.add_option(group, '--n-components', aliases=('--n_components',),
+                   type=positive, metavar='K',
+                   help='mixture components K (default: 3)')
+    cli.add_option(group, '--em-iter', aliases=('--em_iter',),
+                   type=positive, metavar='N',
+                   help='the paper\'s "EM iter." (K-means + EM; default: '
+                   '2)')
+    group.add_argument('--dump-mixtures', type=cli.name_list,
+                       metavar='LAYERS',
+                       help='write the mixtures of these MN layers into '
+                       '<out>/mixtures.npz (paper Fig. 8)')
+    group.add_argument('--dump-interval', type=positive, metavar='N',
+                       help='iterations between two dumps (default: the '
+                       'display interval)')
 
-    def __init__(self, gen, inception, real_images, stats_path,
-                 n_samples=50000, batchsize=100, seed=0):
-        if not inception.pretrained:
-            raise mn_chainer.fid.FIDUnavailableError(
-                mn_chainer.fid.no_weights_message())
-        self.gen = gen
-        self.inception = inception
-        self.real_images = real_images
-        self.stats_path = stats_path
-        self.n_samples = n_samples
-        self.batchsize = batchsize
-        self.seed = seed
-        self._real = None
+    group = parser.add_argument_group('data')
+    group.add_argument('--dataset',
+                       choices=sorted(mn_chainer.datasets.N_CLASSES),
+                       help='dataset, training images only (default: '
+                       'cifar10)')
+    group.add_argument('--data', metavar='PATH.npz',
+                       help='npz with x_train (N, 32, 32, 3) uint8 ... '
+                       'instead of Chainer\'s download')
+    cli.add_option(group, '--train-subset', aliases=('--train_subset',),
+                   type=positive, metavar='N',
+                   help='train on a seeded random subset of this size')
 
-    def real_statistics(self):
-        if self._real is None:
-            images = self.real_images
+    group = parser.add_argument_group('FID')
+    cli.add_option(group, '--inception-weights',
+                   aliases=('--inception_weights',), metavar='PATH.npz',
+                   help='FID Inception weights converted by '
+                   'tools/convert_fid_inception.py')
+    cli.add_option(group, '--fid-stats', aliases=('--fid_stats',),
+                   metavar='PATH.npz',
+                   help='real-image FID statistics (read if present, '
+                   'else computed and cached; default '
+                   '<out>/fid_stats_<dataset>_train.npz)')
+    cli.add_option(group, '--fid-interval', aliases=('--fid_interval',),
+                   type=cli.non_negative(int), metavar='N',
+                   help='iterations between FID evaluations (0: never; '
+                   'default: 10000)')
+    cli.add_option(group, '--fid-samples', aliases=('--fid_samples',),
+                   type=positive, metavar='N',
+                   help='generated samples per FID evaluation (default: '
+                   '50000)')
+    cli.add_option(group, '--fid-batchsize', aliases=('--fid_batchsize',),
+                   type=positive, metavar='N',
+                   help='batch size of FID feature extraction (default: '
+                   '100)')
 
-            def batches():
-                for x in mn_chainer.fid.iter_batches(images, self.batchsize):
-                    yield x.astype(numpy.float32) / 127.5 - 1
-
-            self._real = mn_chainer.fid.cached_statistics(
-                self.inception, batches, self.stats_path,
-                source='real training images')
-        return self._real
-
-    def _fake_batches(self):
-        rng = numpy.random.RandomState(self.seed)
-        done = 0
-        while done < self.n_samples:
-            n = min(self.batchsize, self.n_samples - done)
-            z = self.gen.device.send(self.gen.make_hidden(n, rng))
-            with chainer.using_config('train', False), \
-                    chainer.no_backprop_mode():
-                yield self.gen(z).array
-            done += n
-
-    def evaluate(self):
-        mu_real, sigma_real = self.real_statistics()
-        features = mn_chainer.fid.extract_features(
-            self.inception, self._fake_batches())
-        mu, sigma = mn_chainer.fid.compute_statistics(features)
-        return mn_chainer.fid.frechet_distance(mu, sigma, mu_real, sigma_real)
-
-    def __call__(self, trainer):
-        chainer.report({'FID': self.evaluate()})
+    group = parser.add_argument_group('run')
+    group.add_argument('--out', '-o',
+                       help='run directory (default: the directory of '
+                       '--resume, else result/dcgan)')
+    group.add_argument('--resume', '-r', metavar='SNAPSHOT',
+                       help='snapshot to resume from, or a run directory '
+                       '(its latest snapshot)')
+    group.add_argument('--overwrite', action='store_true',
+                       help='move a run found in --out aside to '
+                       '<out>.old<N> (nothing is deleted)')
+    group.add_argument('--device', '-d',
+                       help='-1 or @numpy (CPU), 0 or @cupy:0 (GPU 0), ... '
+                       '(default: -1)')
+    group.add_argument('--communicator',
+                       help='ChainerMN communicator (e.g. naive, '
+                       'pure_nccl): data-parallel training under mpiexec, '
+                       'MN fitted over the global batch')
+    cli.add_option(group, '--snapshot-interval',
+                   aliases=('--snapshot_interval',), type=positive,
+                   metavar='N', help='iterations between trainer snapshots '
+                   '(default: 10000)')
+    cli.add_option(group, '--display-interval',
+                   aliases=('--display_interval',), type=positive,
+                   metavar='N', help='iterations between log entries '
+                   '(default: 100)')
+    cli.add_option(group, '--sample-interval',
+                   aliases=('--sample_interval',), type=positive,
+                   metavar='N', help='iterations between sample grids '
+                   '(default: the snapshot interval)')
+    cli.add_debug_flag(group)
+    return parser
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description='DCGAN on CIFAR-10 with batch or mixture normalization '
-        '(Kalayeh & Shah, section 4.5)')
-    parser.add_argument('--batchsize', '-b', type=int, default=64,
-                        help='Number of images in each mini-batch')
-    parser.add_argument('--iterations', type=int, default=100000,
-                        help='Number of generator updates')
-    parser.add_argument('--device', '-d', type=str, default='-1',
-                        help='Device specifier: -1 (CPU), a GPU id, or a '
-                        'ChainerX/Chainer device string')
-    parser.add_argument('--out', '-o', default='result/dcgan',
-                        help='Output directory')
-    parser.add_argument('--resume', '-r', default=None,
-                        help='Resume from this trainer snapshot')
-    parser.add_argument('--n_hidden', '-n', type=int, default=100,
-                        help='Dimension of z')
-    parser.add_argument('--ch', type=int, default=512,
-                        help='Widest channel count of G and D')
-    parser.add_argument('--communicator', default=None,
-                        help='ChainerMN communicator (e.g. naive, '
-                        'pure_nccl): data-parallel training under mpiexec, '
-                        'MN fitted over the global batch')
-    parser.add_argument('--seed', type=int, default=0,
-                        help='Seed of z, shuffling, MN fits and the subset')
-    parser.add_argument('--snapshot_interval', type=int, default=10000,
-                        help='Iterations between trainer snapshots')
-    parser.add_argument('--display_interval', type=int, default=100,
-                        help='Iterations between log entries')
-    parser.add_argument('--sample_interval', type=int, default=None,
-                        help='Iterations between sample grids (default: '
-                        'the snapshot interval)')
-    parser.add_argument('--alpha', type=float, default=2e-4,
-                        help='Adam alpha of both networks')
-    parser.add_argument('--beta1', type=float, default=0.5,
-                        help='Adam beta1 of both networks')
+    """Parses the command line; flags left out are None.
 
-    group = parser.add_argument_group('mixture normalization')
-    group.add_argument('--mn', nargs='*', default=None, metavar='LAYER',
-                       help='Use MN in the generator; without names, at the '
-                       'paper\'s layers (norm1 norm2 = "paper")')
-    group.add_argument('--n_components', type=int, default=3,
-                       help='Mixture components K')
-    group.add_argument('--em_iter', type=int, default=2,
-                       help='The paper\'s "EM iter." (K-means + EM)')
-
-    group = parser.add_argument_group('data')
-    group.add_argument('--dataset', default='cifar10',
-                       choices=sorted(mn_chainer.datasets.N_CLASSES),
-                       help='Dataset (training images only)')
-    group.add_argument('--data', default=None, metavar='PATH.npz',
-                       help='npz with x_train (N, 32, 32, 3) uint8 ... '
-                       'instead of Chainer\'s download')
-    group.add_argument('--train_subset', '--train-subset', type=int,
-                       default=None,
-                       help='Train on a seeded random subset of this size')
-
-    group = parser.add_argument_group('FID')
-    group.add_argument('--inception_weights', '--inception-weights',
-                       default=None, metavar='PATH.npz',
-                       help='FID Inception weights converted by '
-                       'tools/convert_fid_inception.py')
-    group.add_argument('--fid_stats', '--fid-stats', default=None,
-                       metavar='PATH.npz',
-                       help='Real-image FID statistics (read if present, '
-                       'else computed and cached; default '
-                       '<out>/fid_stats_<dataset>_train.npz)')
-    group.add_argument('--fid_interval', '--fid-interval', type=int,
-                       default=10000,
-                       help='Iterations between FID evaluations (0: never)')
-    group.add_argument('--fid_samples', '--fid-samples', type=int,
-                       default=50000,
-                       help='Generated samples per FID evaluation')
-    group.add_argument('--fid_batchsize', '--fid-batchsize', type=int,
-                       default=100,
-                       help='Batch size of FID feature extraction')
-    args = parser.parse_args(argv)
+    ``--mn`` without names becomes ``['paper']``.
+    """
+    args = get_parser().parse_args(argv)
     if args.mn is not None and not args.mn:
         args.mn = ['paper']
-    if args.sample_interval is None:
-        args.sample_interval = args.snapshot_interval
     return args
 
 
-def load_train_images(args):
-    """Training images (uint8, N x 3 x 32 x 32) of ``--dataset``/``--data``."""
-    x_train = mn_chainer.datasets.load_arrays(args.dataset, args.data)[0]
+def resolve_settings(args):
+    """The settings of a run: the flags given, else :data:`DEFAULTS`.
+
+    Returns:
+        dict: The settings (written to ``args.json``).
+
+    Raises:
+        mn_chainer.cli.UsageError: For inconsistent flags.
+
+    """
+    settings = {key: getattr(args, key, None) for key in FLAGS
+                if key != 'n_workers'}
+    for key, value in DEFAULTS.items():
+        if settings[key] is None:
+            settings[key] = value
+    if settings['sample_interval'] is None:
+        settings['sample_interval'] = settings['snapshot_interval']
+    settings['dump_mixtures'] = list(settings['dump_mixtures'] or [])
+    if settings['dump_mixtures'] and not settings['mn']:
+        raise cli.UsageError('--dump-mixtures {} needs --mn'.format(
+            ','.join(settings['dump_mixtures'])))
+    if settings['dump_interval'] is None and settings['dump_mixtures']:
+        settings['dump_interval'] = settings['display_interval']
+    settings.update(model='dcgan', resume=args.resume, out=args.out)
+    return settings
+
+
+def load_train_images(settings):
+    """Training images (uint8, N x 3 x 32 x 32) of the run's dataset."""
+    x_train = mn_chainer.datasets.load_arrays(
+        settings['dataset'], settings['data'])[0]
+    size = settings['train_subset']
+    if size is not None and size > len(x_train):
+        raise cli.UsageError('--train-subset {}: a subset of {} images '
+                             'exceeds the {} training images of {}'.format(
+                                 size, size, len(x_train),
+                                 settings['data'] or settings['dataset']))
     idx = mn_chainer.datasets.subset_indices(
-        len(x_train), args.train_subset, [args.seed, 0])
+        len(x_train), size, [settings['seed'], 0])
     return x_train[idx]
 
 
 def main(argv=None):
+    """Trains the DCGAN; returns the LogReport log (list of dicts).
+
+    Errors are raised; the command line reports them in one line (see
+    :mod:`mn_chainer.cli`).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    comm = None
-    if args.communicator is not None:
-        import chainermn
-        comm = chainermn.create_communicator(args.communicator)
-        if args.device not in ('-1', '@numpy'):
-            args.device = '@cupy:{}'.format(comm.intra_rank)  # GPU per worker
-    is_main = comm is None or comm.rank == 0
-    device = chainer.get_device(args.device)
-    device.use()
-    if not is_main:
-        sys.stdout = open(os.devnull, 'w')  # rank 0 prints
+    comm = None if args.communicator is None else cli.create_communicator(
+        args.communicator)
+    rank = 0 if comm is None else comm.rank
+    recorded = runs.recorded_settings(args, _RECORDED)
+    settings = resolve_settings(args)
+    settings['n_workers'] = 1 if comm is None else comm.size
+    changes = {} if recorded is None else runs.resume_changes(
+        settings, recorded, RESUME_MAY_CHANGE, FLAGS)
+    settings['out'] = args.out or (
+        os.path.dirname(args.resume) if args.resume else 'result/dcgan')
+    cli.on_main_worker(comm, lambda: rundir.check(
+        settings['out'], args.resume, args.overwrite))
+    device = cli.worker_device(settings['device'], comm)
+    if not rank == 0:
+        sys.stdout = open(os.devnull, 'w')  # worker 0 prints
 
-    print('Device: {}{}'.format(device, '' if comm is None else
-                                ' x {} workers'.format(comm.size)))
-    print('# Minibatch-size: {}'.format(args.batchsize))
-    print('# n_hidden: {}'.format(args.n_hidden))
-    print('# iterations: {}'.format(args.iterations))
-    print('# generator norms: {}'.format(
-        'MN at {} (K={}, EM iter {})'.format(
-            ', '.join(args.mn), args.n_components, args.em_iter)
-        if args.mn else 'BN'))
-    print('')
-
-    numpy.random.seed(args.seed)
-    mn_kwargs = {'n_components': args.n_components,
-                 'em_iter': args.em_iter, 'relu': True, 'seed': args.seed}
+    if settings['mn']:
+        cli.check_norm_layers(models.dcgan.Generator(
+            n_hidden=settings['n_hidden'], ch=settings['ch']),
+            settings['mn'], '--mn')
+    numpy.random.seed(settings['seed'])
+    mn_kwargs = {'n_components': settings['n_components'],
+                 'em_iter': settings['em_iter'], 'relu': True,
+                 'seed': settings['seed']}
     if comm is not None:
         mn_kwargs['comm'] = comm
-    gen = models.dcgan.Generator(n_hidden=args.n_hidden, ch=args.ch,
-                                 mn_layers=args.mn, mn_kwargs=mn_kwargs)
-    dis = models.dcgan.Discriminator(ch=args.ch)
+    gen = models.dcgan.Generator(
+        n_hidden=settings['n_hidden'], ch=settings['ch'],
+        mn_layers=settings['mn'], mn_kwargs=mn_kwargs)
+    dis = models.dcgan.Discriminator(ch=settings['ch'])
     gen.to_device(device)
     dis.to_device(device)
+    mn_norms = [name for name, _ in
+                mn_chainer.links.iter_mixture_normalizations(gen)] \
+        if settings['mn'] else []
+    dump_layers = cli.check_norm_layers(gen, settings['dump_mixtures'],
+                                        '--dump-mixtures')
+    runs.check_mixture_layers(dump_layers, mn_norms)
 
+    x_train = load_train_images(settings)
+    settings['n_train'] = len(x_train)
+    if recorded is not None:
+        runs.check_same_data(settings, recorded, ('n_train',))
+    if comm is not None:
+        import chainermn
+        x_train = chainermn.scatter_dataset(x_train, comm, shuffle=True,
+                                            seed=settings['seed'])
+    cli.check_batchsize(settings['batchsize'], len(x_train),
+                        settings['n_workers'])
+    trainer = _build_trainer(settings, gen, dis, x_train, device, comm,
+                             dump_layers)
+    lock, moved = runs.start(trainer, settings, recorded, changes, argv,
+                             args.overwrite, comm)
+    try:
+        if rank == 0:
+            _print_header(device, settings, comm, moved)
+        trainer.run(show_loop_exception_msg=cli.debug_requested(argv))
+    finally:
+        if lock is not None:
+            lock.release()
+    if rank != 0:
+        return []
+    return list(trainer.get_extension('LogReport').log)
+
+
+def _build_trainer(settings, gen, dis, x_train, device, comm, dump_layers):
+    """Optimizers, iterator, updater, trainer and extensions."""
     def make_optimizer(model):
-        optimizer = chainer.optimizers.Adam(alpha=args.alpha,
-                                            beta1=args.beta1)
+        optimizer = chainer.optimizers.Adam(alpha=settings['alpha'],
+                                            beta1=settings['beta1'])
         if comm is not None:
+            import chainermn
             optimizer = chainermn.create_multi_node_optimizer(optimizer, comm)
         optimizer.setup(model)
         return optimizer
 
-    opt_gen = make_optimizer(gen)
-    opt_dis = make_optimizer(dis)
-
-    x_train = load_train_images(args)
-    print('# training images: {}'.format(len(x_train)))
-
-    n_train = len(x_train)
-    if comm is not None:
-        x_train = chainermn.scatter_dataset(x_train, comm, shuffle=True,
-                                            seed=args.seed)
-    rng = numpy.random.RandomState(args.seed)
+    # One generator for z and the shuffling, the same on every worker (the
+    # snapshot's iterator state, written by worker 0, is then every
+    # worker's).
+    rng = numpy.random.RandomState(settings['seed'])
     train_iter = chainer.iterators.SerialIterator(
-        x_train, args.batchsize,
+        x_train, settings['batchsize'],
         order_sampler=chainer.iterators.ShuffleOrderSampler(rng))
-    updater = GANUpdater(models=(gen, dis), iterator=train_iter,
-                         optimizer={'gen': opt_gen, 'dis': opt_dis},
-                         device=device, rng=rng)
-    trainer = training.Trainer(updater, (args.iterations, 'iteration'),
-                               out=args.out)
-    if is_main:
-        _extend_rank0(trainer, args, gen, x_train, device, n_train)
-    if args.resume is not None:
-        chainer.serializers.load_npz(args.resume, trainer)
+    updater = GANUpdater(
+        models=(gen, dis), iterator=train_iter,
+        optimizer={'gen': make_optimizer(gen), 'dis': make_optimizer(dis)},
+        device=device, rng=rng)
+    trainer = training.Trainer(
+        updater, (settings['iterations'], 'iteration'), out=settings['out'])
+    snapshot_trigger = (settings['snapshot_interval'], 'iteration')
+    trainer.extend(mn_chainer.extensions.RandomStates(
+        {'rng': rng}, comm=comm, trigger=snapshot_trigger),
+        name='random_states')
+    trainer.extend(mn_chainer.extensions.RunRecord(settings))
+    if comm is None or comm.rank == 0:
+        _extend_rank0(trainer, settings, gen, x_train, device, dump_layers)
+    return trainer
 
-    trainer.run()
 
-
-def _extend_rank0(trainer, args, gen, x_train, device, n_train):
+def _extend_rank0(trainer, settings, gen, x_train, device, dump_layers):
     """Reports, sample grids, FID and snapshots (rank 0 with ChainerMN)."""
-    os.makedirs(args.out, exist_ok=True)
-    settings = dict(vars(args), model='dcgan', n_train=n_train)
-    with open(os.path.join(args.out, 'args.json'), 'w') as f:
-        json.dump(settings, f, indent=2, sort_keys=True)
-
-    snapshot_interval = (args.snapshot_interval, 'iteration')
-    display_interval = (args.display_interval, 'iteration')
+    snapshot_interval = (settings['snapshot_interval'], 'iteration')
+    display_interval = (settings['display_interval'], 'iteration')
     trainer.extend(extensions.snapshot_object(
         gen, 'gen_iter_{.updater.iteration}.npz'), trigger=snapshot_interval)
 
     report_keys = ['epoch', 'iteration', 'gen/loss', 'dis/loss']
-    if args.fid_interval > 0:
-        fid = make_fid_extension(args, gen, x_train, device)
+    if settings['fid_interval'] > 0:
+        fid = make_fid_extension(settings, gen, x_train, device)
         if fid is not None:
-            trainer.extend(fid, trigger=(args.fid_interval, 'iteration'))
+            trainer.extend(fid, trigger=(settings['fid_interval'],
+                                         'iteration'))
             report_keys.append('FID')
-    if args.mn:
-        import mn_chainer.extensions
+    if settings['mn']:
+        dump = {}
+        if dump_layers:
+            previous = None
+            if settings['resume'] is not None:
+                previous = os.path.join(os.path.dirname(settings['resume']),
+                                        'mixtures.npz')
+            dump = dict(dump_trigger=(settings['dump_interval'],
+                                      'iteration'),
+                        dump_layers=dump_layers, previous_dump=previous)
         trainer.extend(mn_chainer.extensions.MixtureMonitor(
-            gen, trigger=display_interval))
+            gen, trigger=display_interval, **dump))
     trainer.extend(extensions.LogReport(trigger=display_interval))
     trainer.extend(extensions.PrintReport(report_keys + ['elapsed_time']),
                    trigger=display_interval)
     trainer.extend(extensions.ProgressBar(update_interval=10))
-    trainer.extend(sample_grid(gen, 10, 10, args.seed, args.out),
-                   trigger=(args.sample_interval, 'iteration'))
+    trainer.extend(sample_grid(gen, 10, 10, settings['seed'],
+                               settings['out']),
+                   trigger=(settings['sample_interval'], 'iteration'))
 
     # Added last, so it runs after every other extension of its iteration
     # and saves their trigger states up to date (an extension still to run
-    # would fire again after a resume). Snapshot writers save to a
-    # temporary file in `out` and rename it, so a crash never leaves a
-    # truncated snapshot.
-    trainer.extend(
-        extensions.snapshot(filename='snapshot_iter_{.updater.iteration}'),
-        trigger=snapshot_interval)
+    # would fire again after a resume).
+    trainer.extend(mn_chainer.extensions.snapshot(
+        'snapshot_iter_{.updater.iteration}'), trigger=snapshot_interval)
 
 
-def make_fid_extension(args, gen, x_train, device):
+def make_fid_extension(settings, gen, x_train, device):
     """The FID extension, or None (with a warning) without weights."""
-    if args.inception_weights is None:
+    if settings['inception_weights'] is None:
         warnings.warn(mn_chainer.fid.no_weights_message())
         return None
-    inception = mn_chainer.fid.InceptionV3FID(weights=args.inception_weights)
+    inception = mn_chainer.fid.InceptionV3FID(
+        weights=settings['inception_weights'])
     inception.to_device(device)
-    stats = args.fid_stats or os.path.join(
-        args.out, 'fid_stats_{}_train.npz'.format(args.dataset))
+    stats = settings['fid_stats'] or os.path.join(
+        settings['out'], 'fid_stats_{}_train.npz'.format(settings['dataset']))
     return FIDEvaluator(gen, inception, x_train, stats,
-                        n_samples=args.fid_samples,
-                        batchsize=args.fid_batchsize, seed=args.seed)
+                        n_samples=settings['fid_samples'],
+                        batchsize=settings['fid_batchsize'],
+                        seed=settings['seed'])
+
+
+def _print_header(device, settings, comm, moved):
+    print('Device: {}{}'.format(device, '' if comm is None else
+                                ' x {} workers'.format(comm.size)))
+    print('# Minibatch-size: {}'.format(settings['batchsize']))
+    print('# n_hidden: {}'.format(settings['n_hidden']))
+    print('# iterations: {}'.format(settings['iterations']))
+    print('# generator norms: {}'.format(
+        'MN at {} (K={}, EM iter {})'.format(
+            ', '.join(settings['mn']), settings['n_components'],
+            settings['em_iter']) if settings['mn'] else 'BN'))
+    print('# training images: {}'.format(settings['n_train']))
+    if moved is not None:
+        print('# the run found in {} was moved to {}'.format(
+            settings['out'], moved))
+    if settings['resume'] is not None:
+        print('# ' + runs.describe_resume(settings, FLAGS))
+    print('')
 
 
 if __name__ == '__main__':
-    main()
+    cli.run(main, prog=PROG)

@@ -265,3 +265,85 @@ def get_device(spec, flag='--device'):
             raise CommandError('{} {}: no usable GPU ({}); use -d -1 to run '
                                'on the CPU'.format(flag, text, e))
     return device
+
+
+# ---------------------------------------------------------------------------
+# Checks of the trainers' flags against their models, data and workers.
+
+
+def on_main_worker(comm, function):
+    """Runs ``function`` on worker 0 only; every worker raises its error.
+
+    A :class:`CommandError` of worker 0 is broadcast, so
+    that all workers stop with the same error instead of waiting for it.
+
+    Returns:
+        What ``function`` returned on worker 0, None on the others.
+
+    """
+    if comm is None:
+        return function()
+    result = error = None
+    if comm.rank == 0:
+        try:
+            result = function()
+        except CommandError as e:
+            error = e
+    # ChainerMN's root sends an object, never None; the others pass None.
+    error, = comm.bcast_obj((error,) if comm.rank == 0 else None)
+    if error is not None:
+        raise error
+    return result
+
+
+def create_communicator(name):
+    """ChainerMN's communicator ``name``, or a one-line error."""
+    try:
+        import chainermn
+    except ImportError as e:
+        raise CommandError('--communicator {}: ChainerMN cannot be imported '
+                           '({}; install mpi4py and run under mpiexec)'
+                           .format(name, e))
+    try:
+        return chainermn.create_communicator(name)
+    except ValueError as e:
+        raise UsageError('--communicator {}: {}'.format(name, e))
+    except Exception as e:  # MPI and NCCL errors have no common base
+        raise CommandError('--communicator {}: {}'.format(name, e))
+
+
+def worker_device(spec, comm):
+    """The device of this worker: ``spec``, or with ``comm`` and a GPU
+    specifier, the GPU of the worker's rank within its node."""
+    if comm is not None and str(spec) not in ('-1', '@numpy'):
+        spec = '@cupy:{}'.format(comm.intra_rank)
+    device = get_device(spec)
+    device.use()
+    return device
+
+
+def check_batchsize(batchsize, n_images, n_workers, flag='--batchsize'):
+    """Refuses a batch larger than a worker's share of the training set
+    (one update would count as several epochs)."""
+    if batchsize > n_images:
+        share = ('the {} training images'.format(n_images) if n_workers == 1
+                 else 'the {} training images of each of {} workers'.format(
+                     n_images, n_workers))
+        raise UsageError('{} {} exceeds {}; use a smaller batch or more '
+                         'images'.format(flag, batchsize, share))
+
+
+def check_norm_layers(model, names, flag='--mn-layers'):
+    """Expands layer names on a model; unknown ones are usage errors.
+
+    Returns:
+        list of str: The model's norm names they expand to.
+
+    """
+    expanded = []
+    for name in names:
+        try:
+            expanded.extend(model.expand_norm_layer(name))
+        except ValueError as e:
+            raise UsageError('{} {}: {}'.format(flag, name, e))
+    return expanded

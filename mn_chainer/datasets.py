@@ -15,6 +15,7 @@ transforms) in a :class:`chainer.datasets.TransformDataset`.
 import os
 import random
 import zipfile
+import zlib
 
 import numpy
 
@@ -29,6 +30,27 @@ N_CLASSES = {'cifar10': 10, 'cifar100': 100}
 NPZ_KEYS = ('x_train', 'y_train', 'x_test', 'y_test')
 
 _IMAGE_SHAPE = (32, 32, 3)
+
+
+class SubsetSizeError(ValueError):
+
+    """A subset larger than the split it is drawn from.
+
+    Attributes:
+        split (str): ``'train'`` or ``'test'``.
+        size (int): The subset size asked for.
+        available (int): The images of the split.
+
+    """
+
+    def __init__(self, split, size, available, source):
+        super(SubsetSizeError, self).__init__(
+            'a subset of {} images exceeds the {} {} images of {}'.format(
+                size, available, {'train': 'training'}.get(split, split),
+                source))
+        self.split = split
+        self.size = size
+        self.available = available
 
 
 def _check_dataset(dataset):
@@ -94,6 +116,8 @@ def load_npz(path, dataset='cifar10'):
             'CIFAR data file {} does not exist'.format(path))
     try:
         archive = numpy.load(path, allow_pickle=False)
+    except EOFError:
+        raise ValueError('{} is empty, not an .npz file'.format(path))
     except (OSError, ValueError, zipfile.BadZipFile) as e:
         raise ValueError('{} is not a readable .npz file: {}'.format(path, e))
     if not isinstance(archive, numpy.lib.npyio.NpzFile):
@@ -105,11 +129,17 @@ def load_npz(path, dataset='cifar10'):
             raise ValueError('{} lacks the key(s) {} (it has: {})'.format(
                 path, ', '.join(missing), ', '.join(archive.files) or
                 'nothing'))
-        try:
-            arrays = {k: archive[k] for k in NPZ_KEYS}
-        except ValueError as e:  # object arrays need pickle
-            raise ValueError('{} holds an unreadable array: {}'.format(
-                path, e))
+        arrays = {}
+        for key in NPZ_KEYS:
+            try:
+                arrays[key] = archive[key]
+            except ValueError as e:  # object arrays need pickle
+                raise ValueError('{} holds an unreadable array {}: {}'.format(
+                    path, key, e))
+            except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+                raise ValueError('{} is truncated or corrupt: its array {} '
+                                 'cannot be read ({}: {})'.format(
+                                     path, key, type(e).__name__, e))
     x_train, y_train = _check_split(
         path, 'train', arrays['x_train'], arrays['y_train'], n_class)
     x_test, y_test = _check_split(
@@ -206,11 +236,13 @@ class CifarTransform(object):
     randomly flipped horizontally
     (:func:`chainercv.transforms.random_flip`).
 
-    The ChainerCV transforms draw from Python's :mod:`random`; seed it for
-    reproducible augmentation. In a worker process of
-    :class:`~chainer.iterators.MultiprocessIterator` (a forked copy sharing
-    the parent's state) the transform reseeds :mod:`random` from the OS on
-    its first call, so workers draw different crops.
+    The ChainerCV transforms draw from Python's :mod:`random`; seed it
+    (:func:`seed_augmentation`) for reproducible augmentation. In a worker
+    process of :class:`~chainer.iterators.MultiprocessIterator` (a forked
+    copy sharing the parent's state) the transform reseeds :mod:`random`
+    from the OS on its first call, so workers draw different crops. A
+    transform sent to another process by pickling (ChainerMN's
+    ``scatter_dataset``) belongs to its receiver, whose own seeding is kept.
 
     Args:
         mean (numpy.ndarray): Per-channel mean, shape (C, 1, 1).
@@ -227,6 +259,15 @@ class CifarTransform(object):
         self.pad = pad
         self._pid = os.getpid()
 
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        del state['_pid']
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._pid = os.getpid()
+
     def __call__(self, in_data):
         img, label = in_data
         img = (img.astype(numpy.float32) - self.mean) / self.std
@@ -241,6 +282,27 @@ class CifarTransform(object):
             img = chainercv.transforms.random_flip(img, x_random=True)
             img = numpy.ascontiguousarray(img)
         return img, numpy.int32(label)
+
+
+def augmentation_seed(seed, rank=0):
+    """The seed of worker ``rank``'s augmentation in a run seeded ``seed``.
+
+    Worker 0 (and a single-process run) uses ``seed`` itself; worker ``r``
+    a seed drawn from ``(seed, r)`` by :class:`numpy.random.SeedSequence`,
+    so that the workers of a data-parallel run crop and flip their shares
+    independently and every run of the same command draws the same.
+    """
+    if rank == 0:
+        return seed
+    return int(numpy.random.SeedSequence([seed, rank]).generate_state(
+        2, numpy.uint64)[0])
+
+
+def seed_augmentation(seed, rank=0):
+    """Seeds the generator of the augmentation (Python's :mod:`random`,
+    which ChainerCV's transforms draw from) with
+    :func:`augmentation_seed`."""
+    random.seed(augmentation_seed(seed, rank))
 
 
 def get_cifar(dataset='cifar10', data=None, train_subset=None,
@@ -263,9 +325,18 @@ def get_cifar(dataset='cifar10', data=None, train_subset=None,
         and a dict with ``n_train``, ``n_test``, ``n_class``, ``mean`` and
         ``std`` (lists) and ``source`` (the file or ``'chainer'``).
 
+    Raises:
+        SubsetSizeError: For a subset larger than its split.
+        ValueError: For a malformed ``data`` file (see :func:`load_npz`).
+
     """
     n_class = _check_dataset(dataset)
     x_train, y_train, x_test, y_test = load_arrays(dataset, data)
+    source = 'chainer' if data is None else data
+    for split, size, x in (('train', train_subset, x_train),
+                           ('test', test_subset, x_test)):
+        if size is not None and size > len(x):
+            raise SubsetSizeError(split, size, len(x), source)
     idx = subset_indices(len(x_train), train_subset, [seed, 0])
     x_train, y_train = x_train[idx], y_train[idx]
     idx = subset_indices(len(x_test), test_subset, [seed, 1])
@@ -279,6 +350,5 @@ def get_cifar(dataset='cifar10', data=None, train_subset=None,
         CifarTransform(mean, std, train=False))
     info = {'n_train': len(x_train), 'n_test': len(x_test),
             'n_class': n_class, 'mean': mean.ravel().tolist(),
-            'std': std.ravel().tolist(),
-            'source': 'chainer' if data is None else data}
+            'std': std.ravel().tolist(), 'source': source}
     return train, test, info

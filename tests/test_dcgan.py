@@ -10,6 +10,7 @@ import pytest
 import chainer
 import chainer.functions as F
 
+import mn_chainer.extensions
 import mn_chainer.fid
 import models.dcgan
 import train_dcgan
@@ -260,9 +261,9 @@ def test_fid_extension_logs_fid(tmp_path, monkeypatch):
 def test_fid_evaluator_refuses_random_weights():
     gen = models.dcgan.Generator(ch=32)
     with pytest.raises(mn_chainer.fid.FIDUnavailableError):
-        train_dcgan.FIDEvaluator(gen, mn_chainer.fid.InceptionV3FID(size=75),
-                                 numpy.zeros((2, 3, 32, 32), numpy.uint8),
-                                 'unused.npz')
+        mn_chainer.extensions.FIDEvaluator(
+            gen, mn_chainer.fid.InceptionV3FID(size=75),
+            numpy.zeros((2, 3, 32, 32), numpy.uint8), 'unused.npz')
 
 
 def test_uint8_grid_layout():

@@ -1,0 +1,293 @@
+"""Starting and resuming a training run: the steps both trainers share.
+
+``train_cifar.py`` (:mod:`mn_chainer.train`) and ``train_dcgan.py`` start a
+run the same way:
+
+1. With ``--resume``, :func:`recorded_settings` reads the settings the
+   snapshot's run recorded (:class:`~mn_chainer.extensions.RunRecord`) and
+   fills in the flags left out; :func:`resume_changes` then applies the
+   settings a resume may change and refuses a flag that contradicts the
+   snapshot.
+2. :func:`mn_chainer.rundir.check` refuses a run directory that holds
+   another run, before anything is built.
+3. :func:`start` loads the snapshot, and only then claims the directory
+   (moves an old run aside with ``--overwrite``, removes the temporaries of
+   a killed write, locks it) and writes ``args.json`` atomically, with the
+   resume recorded under ``resumes``. A failed resume leaves the directory
+   as it was.
+
+Under ChainerMN worker 0 owns the directory; its errors reach every worker
+(:func:`mn_chainer.cli.on_main_worker`).
+"""
+import os
+import zipfile
+import zlib
+
+import numpy
+
+import chainer
+
+from mn_chainer import cli
+import mn_chainer.extensions
+from mn_chainer import rundir
+
+
+def snapshot_path(path):
+    """The snapshot file of ``--resume``: the file, or the latest snapshot
+    of a run directory.
+
+    Raises:
+        mn_chainer.cli.CommandError: If there is no such file or snapshot.
+
+    """
+    if os.path.isdir(path):
+        latest = rundir.latest_snapshot(path)
+        if latest is None:
+            raise cli.CommandError('--resume {}: the directory holds no '
+                                   'snapshot'.format(path))
+        return latest
+    if not os.path.isfile(path):
+        raise cli.CommandError('--resume {}: no such snapshot file'.format(
+            path))
+    return path
+
+
+def recorded_settings(args, destinations):
+    """Reads the settings of ``args.resume``'s run into the flags left out.
+
+    ``args.resume`` becomes the snapshot file (:func:`snapshot_path`); every
+    argument in ``destinations`` that is None takes the snapshot's value.
+
+    Args:
+        args (argparse.Namespace): Parsed arguments, changed in place.
+        destinations (dict): argparse destination -> settings key.
+
+    Returns:
+        dict or None: The snapshot's settings (None without ``--resume`` or
+        for a snapshot written before settings were recorded, whose flags
+        are then taken as given).
+
+    Raises:
+        mn_chainer.cli.CommandError: If the snapshot is missing or
+            unreadable.
+
+    """
+    if args.resume is None:
+        return None
+    args.resume = snapshot_path(args.resume)
+    recorded = read_recorded_settings(args.resume)
+    if recorded is not None:
+        fill_from_record(args, recorded, destinations)
+    return recorded
+
+
+def read_recorded_settings(snapshot):
+    """The settings recorded in a snapshot (None for an old snapshot).
+
+    Raises:
+        mn_chainer.cli.CommandError: If the file is not a readable
+            snapshot.
+
+    """
+    try:
+        return mn_chainer.extensions.RunRecord.read(snapshot)
+    except ValueError as e:
+        raise cli.CommandError('--resume {}'.format(e))
+
+
+def fill_from_record(args, recorded, destinations):
+    """Sets each argument left out (None) to the snapshot's setting.
+
+    Args:
+        args (argparse.Namespace): Parsed arguments, changed in place.
+        recorded (dict): The snapshot's settings.
+        destinations (dict): argparse destination -> settings key.
+
+    """
+    for dest, key in destinations.items():
+        if getattr(args, dest, None) is None and recorded.get(key) \
+                is not None:
+            value = recorded[key]
+            setattr(args, dest, tuple(value) if isinstance(value, list)
+                    and dest == 'widths' else value)
+
+
+def resume_changes(settings, recorded, may_change, flags):
+    """Compares a resumed run's settings with its snapshot's.
+
+    Returns:
+        dict: Key -> ``[snapshot's value, new value]`` of the settings in
+        ``may_change`` that differ (applied; the caller records them).
+
+    Raises:
+        mn_chainer.cli.UsageError: For a setting outside ``may_change``
+            that differs; the message names the flag and both values.
+
+    """
+    changes = {}
+    for key, flag in flags.items():
+        if key not in recorded or recorded[key] == settings.get(key):
+            continue
+        if key in may_change:
+            changes[key] = [recorded[key], settings.get(key)]
+            continue
+        raise cli.UsageError(
+            '{} {} contradicts the snapshot\'s run ({}: {}); a resumed run '
+            'keeps its settings: leave {} out, or start a new run with '
+            'another --out'.format(
+                flag, _show(settings.get(key)), key, _show(recorded[key]),
+                flag))
+    return changes
+
+
+def _show(value):
+    if isinstance(value, (list, tuple)):
+        return ','.join(str(v) for v in value) or '(none)'
+    return str(value)
+
+
+def load_snapshot(path, trainer):
+    """Loads a trainer snapshot; any failure is a one-line error.
+
+    Raises:
+        mn_chainer.cli.CommandError: If the file is not a readable
+            snapshot or does not match the trainer (another model or
+            settings).
+
+    """
+    try:
+        chainer.serializers.load_npz(path, trainer)
+    except KeyError as e:
+        missing = str(e.args[0] if e.args else e).split(' ')[0].strip("'")
+        raise cli.CommandError(
+            '--resume {}: the snapshot does not match this run: it has no '
+            '{} (written by another model, layer set or script?)'.format(
+                path, missing))
+    except (ValueError, TypeError) as e:
+        raise cli.CommandError(
+            '--resume {}: the snapshot does not match this run or is '
+            'corrupt ({})'.format(path, ' '.join(str(e).split())))
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        raise cli.CommandError(
+            '--resume {}: not a readable snapshot ({}: {})'.format(
+                path, type(e).__name__, e))
+
+
+def start(trainer, settings, recorded, changes, argv, overwrite=False,
+          comm=None):
+    """Loads the snapshot, claims the run directory and writes args.json.
+
+    Args:
+        trainer (chainer.training.Trainer): The run's trainer, with every
+            extension; ``trainer.out`` is the run directory.
+        settings (dict): The run's settings; ``settings['resume']`` is the
+            snapshot to load or None. ``resume``, ``resumes`` and ``argv``
+            are set here.
+        recorded (dict or None): The snapshot's settings.
+        changes (dict): What the resume changed (:func:`resume_changes`).
+        argv (list of str): This command's arguments.
+        overwrite (bool): Move a run found in the directory aside.
+        comm: ChainerMN communicator or None.
+
+    Returns:
+        tuple: ``(lock, moved_to)`` on worker 0 (release the
+        :class:`~mn_chainer.rundir.RunLock` when the run ends; ``moved_to``
+        is where an old run went, or None), ``(None, None)`` elsewhere.
+
+    Raises:
+        mn_chainer.cli.CommandError: If the snapshot cannot be loaded (the
+            directory is left as it was) or the directory cannot be
+            claimed.
+
+    """
+    out = trainer.out
+    snapshot = settings['resume']
+    if snapshot is not None:
+        load_snapshot(snapshot, trainer)
+        if comm is not None:
+            _keep_loaded_parameters(trainer)
+    claimed = cli.on_main_worker(comm, lambda: rundir.claim(out, overwrite))
+    lock, moved = claimed if claimed is not None else (None, None)
+    if snapshot is not None:
+        if moved is not None and _in_directory(snapshot, out):
+            # The snapshot moved aside with the run it belongs to.
+            snapshot = os.path.join(moved, os.path.basename(snapshot))
+            monitor = _mixture_monitor(trainer)
+            if monitor is not None:
+                monitor.previous_dump = os.path.join(moved, 'mixtures.npz')
+        updater = trainer.updater
+        settings['resume'] = snapshot
+        settings['resumes'] = list((recorded or {}).get('resumes', [])) + [
+            {'snapshot': snapshot, 'epoch': updater.epoch,
+             'iteration': updater.iteration, 'argv': list(argv),
+             'changed': changes}]
+    settings['argv'] = (recorded or {}).get('argv', list(argv))
+    if lock is not None:
+        rundir.write_json(os.path.join(out, 'args.json'), settings)
+    return lock, moved
+
+
+def describe_resume(settings, flags):
+    """One line on where a resumed run continues from and what changed."""
+    entry = settings['resumes'][-1]
+    return 'resumed from {} at iteration {} (epoch {}){}'.format(
+        entry['snapshot'], entry['iteration'], entry['epoch'], ''.join(
+            ', {} {} -> {}'.format(flags.get(k, k), _show(a), _show(b))
+            for k, (a, b) in sorted(entry['changed'].items())))
+
+
+def check_same_data(settings, recorded, keys):
+    """Refuses a resume on other images than the snapshot's run.
+
+    Raises:
+        mn_chainer.cli.CommandError: If a statistic of the data (``keys``,
+            e.g. ``n_train`` and the pixel mean) differs from the
+            snapshot's.
+
+    """
+    for key in keys:
+        if key in recorded and not numpy.allclose(
+                recorded[key], settings[key], rtol=1e-6, atol=0):
+            raise cli.CommandError(
+                '--data {}: these are not the images of the snapshot\'s run '
+                '({} {} instead of {})'.format(
+                    settings['data'] or '(Chainer\'s download)', key,
+                    _show(settings[key]), _show(recorded[key])))
+
+
+def check_mixture_layers(names, mn_norms, flag='--dump-mixtures'):
+    """Refuses names of layers that are not Mixture Normalization layers."""
+    unknown = [n for n in names if n not in mn_norms]
+    if unknown:
+        raise cli.UsageError(
+            '{}: {} is not a Mixture Normalization layer of this run (its MN '
+            'layers: {})'.format(flag, ', '.join(unknown),
+                                 ', '.join(mn_norms) or 'none'))
+
+
+def _keep_loaded_parameters(trainer):
+    """Makes ChainerMN's optimizers take the loaded parameters as theirs.
+
+    ChainerMN's multi-node optimizer spends its first update on
+    broadcasting worker 0's parameters (``is_changed``: the parameter set
+    differs from the one it last saw), which a fresh run needs. After a
+    resume every worker has loaded the same parameters; without this, the
+    first update after the resume would be skipped and the run would
+    diverge from an uninterrupted one.
+    """
+    for optimizer in trainer.updater.get_all_optimizers().values():
+        is_changed = getattr(optimizer, 'is_changed', None)
+        if is_changed is not None:
+            is_changed(optimizer.target)  # records the current parameters
+
+
+def _in_directory(path, directory):
+    return os.path.realpath(os.path.dirname(os.path.abspath(path))) == \
+        os.path.realpath(os.path.abspath(directory))
+
+
+def _mixture_monitor(trainer):
+    try:
+        return trainer.get_extension('MixtureMonitor')
+    except ValueError:
+        return None
