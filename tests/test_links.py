@@ -532,6 +532,8 @@ def test_other_bad_input_errors_name_the_layer():
         ML.MixtureNormalization(4, decay=1.0)
     with pytest.raises(ValueError, match='population_sample_size'):
         ML.MixtureNormalization(4, population_sample_size=0)
+    with pytest.raises(ValueError, match='population_em_iter'):
+        ML.MixtureNormalization(4, population_em_iter=-1)
 
 
 def test_call_arguments_as_batch_normalization():

@@ -284,7 +284,8 @@ class MixtureNormalization(link.Link):
             default_em if em_iters is None else em_iters, n_trials,
             sample_ratio, min_weight, reg_covar)
         self.population_kmeans_iters, self.population_em_iters = \
-            gmm.split_em_iter(population_em_iter)
+            gmm.split_em_iter(_check_positive_int('population_em_iter',
+                                                  population_em_iter))
         if not 0 < decay < 1:
             raise ValueError('decay must be in (0, 1), got {!r}'.format(decay))
         if not eps > 0:
