@@ -468,10 +468,17 @@ class StudyRunner(object):
                 time.strftime('%Y-%m-%d %H:%M:%S'),
                 ' '.join(shlex.quote(c) for c in cmd)))
             f.flush()
-            proc = subprocess.Popen(
-                cmd, stdout=f, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, env=self._environment(),
-                start_new_session=True, preexec_fn=_set_parent_death_signal)
+            try:
+                proc = subprocess.Popen(
+                    cmd, stdout=f, stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL, env=self._environment(),
+                    start_new_session=True,
+                    preexec_fn=_set_parent_death_signal)
+            except OSError as e:
+                raise mn_chainer.cli.CommandError(
+                    '{}: cannot start {} ({}); check --trainer and '
+                    '--launcher'.format(run.name, cmd[0],
+                                        e.strerror or e))
         return proc, time.time()
 
     def _finish(self, run, returncode, seconds, index, total, progress):
@@ -564,13 +571,16 @@ class StudyRunner(object):
                         del running[name]
                         self._finish(run, proc.returncode, time.time() - t0,
                                      index, total, progress)
-        except (KeyboardInterrupt, _Stopped) as e:
+        except BaseException as e:
+            # Ctrl-C, SIGTERM or an error of mn-study itself: no run goes on
+            # without it.
             for _, run, proc, _ in running.values():
                 proc.terminate()
             for _, run, proc, _ in running.values():
                 proc.wait()
-            self._print('interrupted: stopped {}; run the same command to '
-                        'resume'.format(', '.join(running) or 'nothing'))
+            if running:
+                self._print('stopped {}; run the same command to resume'
+                            .format(', '.join(running)))
             if isinstance(e, _Stopped):
                 raise SystemExit(128 + signal.SIGTERM)
             raise

@@ -745,6 +745,17 @@ def test_run_usage_errors(tmp_path, fake, kwargs, match):
     assert fake.calls() == []
 
 
+def test_run_trainer_that_cannot_start(tmp_path):
+    out = tmp_path / 'study'
+    runner = study.StudyRunner(str(out), ['BN-2'], [0], [],
+                               trainer=[str(tmp_path / 'no_trainer')],
+                               stdout=io.StringIO())
+    with pytest.raises(CommandError, match=r'BN-2/seed0: cannot start .*'
+                       r'no_trainer \(No such file or directory\); check '
+                       r'--trainer'):
+        runner.run()
+
+
 def test_run_one_study_per_directory(tmp_path, fake):
     out = tmp_path / 'study'
     out.mkdir()
@@ -812,7 +823,8 @@ def test_run_stopped_study_stops_its_runs(tmp_path, fake, monkeypatch,
     stdout, _ = proc.communicate(timeout=30)
     assert proc.returncode == status
     if signum == signal.SIGTERM:
-        assert b'interrupted: stopped BN-2/seed0' in stdout
+        assert (b'stopped BN-2/seed0; run the same command to resume'
+                in stdout)
     call, = fake.calls()
     assert _gone(call['pid'])
     # The next invocation resumes the stopped run from its last snapshot.
