@@ -570,18 +570,18 @@ def curve_table(summary, csv=False):
     """Test accuracy per evaluation: one mean +/- SE column per group."""
     cells = _Cells(csv)
     groups = list(summary.groups.values())
-    epochs = sorted(set().union(*(g.epochs.tolist() for g in groups)))
-    same_updates = all(
-        len(g.epochs) == len(groups[0].epochs)
-        and (g.iterations == groups[0].iterations).all() for g in groups)
+    updates = collections.defaultdict(set)   # epoch -> updates done by then
+    for g in groups:
+        for epoch, iteration in zip(g.epochs.tolist(), g.iterations):
+            updates[epoch].add(int(iteration))
+    same_updates = all(len(u) == 1 for u in updates.values())
     rows = []
-    for epoch in epochs:
+    for epoch in sorted(updates):
         row = {}
         cells.number(row, 'epoch', 'epoch', epoch, 'int')
         if same_updates:
-            i = groups[0].epochs.tolist().index(epoch)
-            cells.number(row, 'updates', 'updates',
-                         int(groups[0].iterations[i]), 'int')
+            cells.number(row, 'updates', 'updates', min(updates[epoch]),
+                         'int')
         for g in groups:
             where = g.epochs.tolist()
             est = mn_chainer.stats.Estimate(None, None, 0)
@@ -594,9 +594,8 @@ def curve_table(summary, csv=False):
                 g.name, plural(g.n, 'seed')), est)
         rows.append(row)
     notes = [] if same_updates else [
-        'the groups are evaluated at different updates; each group\'s '
-        'updates per epoch: ' + ', '.join(
-            '{} {}'.format(g.name, int(g.iterations[0] / g.epochs[0]))
+        'the groups do different numbers of updates per epoch: ' + ', '.join(
+            '{} {:g}'.format(g.name, g.iterations[-1] / g.epochs[-1])
             for g in groups)]
     return mn_chainer.compare.Table(
         'Test accuracy per evaluation (mean ± SE over seeds)',

@@ -298,6 +298,32 @@ def test_report_planned_lengths_differ(tmp_path):
         study_report.report([root])
 
 
+def test_report_groups_of_other_lengths(tmp_path):
+    root = write_study(tmp_path, mn={s: a[:3] for s, a in MN.items()})
+    out = study_report.report([root])
+    assert "the groups differ in 'epoch': 4 in BN-2; 3 in MN-2" in out
+    assert 'different numbers of updates per epoch' not in out
+    assert '    4      128  54.67 ± 1.76      –' in out
+    rows = _csv_tables(study_report.report([root], fmt='csv'))[1]
+    assert rows[3]['epoch'] == '4' and rows[3]['MN-2_mean'] == ''
+    # Another batch size: other updates per epoch, no shared column.
+    root = write_study(tmp_path / 'b')
+    write_run(os.path.join(root, 'MN-4', 'seed0'), MN[0], 'MN-4', 0,
+              batchsize=256)
+    path = os.path.join(root, 'MN-4', 'seed0', 'log')
+    with open(path) as f:
+        log = json.load(f)
+    for e in log:
+        e['iteration'] //= 2
+    with open(path, 'w') as f:
+        json.dump(log, f)
+    out = study_report.report([root])
+    assert ('the groups do different numbers of updates per epoch: BN-2 32, '
+            'MN-2 32, MN-4 16') in out
+    assert "the groups differ in 'batchsize': 128 in BN-2, MN-2; 256 in " \
+        "MN-4" in out
+
+
 def test_report_evaluations_differ(tmp_path):
     root = write_study(tmp_path)
     path = write_run(os.path.join(root, 'MN-2', 'seed3'), MN[0], 'MN-2', 3)
