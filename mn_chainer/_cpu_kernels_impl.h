@@ -5,29 +5,43 @@
  * function name with a type suffix), EXP and LOG defined.  Every function
  * works on the rows [r0, r1) of a C-contiguous (m, d) point matrix, so that
  * the caller (mn_chainer/cpu_kernels.py) can run several row ranges on
- * several threads, each with its own output sums.  Their NumPy twins are in
- * mn_chainer/gmm.py; the tests compare them.
+ * several threads, each with its own output sums.  Their NumPy twins are
+ * the passes of mn_chainer/fit_passes.py (ArrayPasses); the tests compare
+ * them, and both with float64 references.
  *
- * The coefficients of the E-step are those of gmm._gaussian_terms, one row
- * per component: log p(x, k) = sum_j coef[k, j] x_j
- *                              + sum_j coef[k, d + j] x_j^2 + cst[k].
+ * Accuracy, as the NumPy path's (mn_chainer/mixture_steps.py):
+ * - sums over the rows are made in double: directly in the passes that
+ *   mostly read (column and cluster sums), and in the E+M pass through
+ *   REAL partial sums over at most MN_FLUSH_ROWS rows, added to double
+ *   totals;
+ * - the E-step takes direct differences, prec (x - mu)^2, never the
+ *   expanded quadratic x^2 prec - 2 x mu prec + mu^2 prec, which cancels
+ *   where a precision is large (a channel whose component variance is
+ *   reg_covar, as rectified activations give);
+ * - the M-step of an EM step sums r (x - mu_k) and r (x - mu_k)^2 about
+ *   the means mu_k of the E-step's mixture, so that E[x^2] - mu^2 never
+ *   cancels in a tight component.
  */
 
 /*
- * sums[j] += sum of points[i, j] over the rows (the column sums) and, if
- * first is not NULL, d2[i] = |points[i] - first|^2 (K-means++'s distances
- * to its first centre, in the same pass).
+ * sums[j] += sum of points[i, j] over the rows (the column sums, in
+ * double), amax[j] the running maximum of |points[i, j]|, and, if first is
+ * not NULL, d2[i] = |points[i] - first|^2 (K-means++'s distances to its
+ * first centre, in the same pass).
  */
 MN_CLONES
 void NAME(mn_column_sums)(const REAL *points, const REAL *first,
-                          REAL *sums, REAL *d2, int64_t d, int64_t r0,
-                          int64_t r1)
+                          double *sums, REAL *amax, REAL *d2, int64_t d,
+                          int64_t r0, int64_t r1)
 {
     for (int64_t i = r0; i < r1; ++i) {
         const REAL *p = points + i * d;
 #pragma omp simd
-        for (int64_t j = 0; j < d; ++j)
+        for (int64_t j = 0; j < d; ++j) {
+            const REAL v = p[j] < 0 ? -p[j] : p[j];
             sums[j] += p[j];
+            amax[j] = v > amax[j] ? v : amax[j];
+        }
         if (first != NULL) {
             REAL acc = 0;
 #pragma omp simd reduction(+:acc)
@@ -88,25 +102,25 @@ void NAME(mn_candidate_d2)(const REAL *x, const REAL *cand,
 }
 
 /*
- * M-step sums of hard clusters of the centred points x = points - shift:
- * counts[k] += #{i: labels[i] = k}, sums[k, :d] += sum x_i and
- * sums[k, d:] += sum x_i^2 over the cluster.  labels must lie in [0, K)
- * (checked by the caller).
+ * M-step sums of hard clusters of the centred points x = points - shift,
+ * in double: counts[k] += #{i: labels[i] = k}, sums[k, :d] += sum x_i and
+ * sums[k, d:] += sum x_i^2 over the cluster (x_i and its square exact for
+ * float points).  labels must lie in [0, K) (checked by the caller).
  */
 MN_CLONES
 void NAME(mn_cluster_sums)(const REAL *points, const REAL *shift,
-                           const int64_t *labels, REAL *sums, REAL *counts,
-                           int64_t d, int64_t r0, int64_t r1)
+                           const int64_t *labels, double *sums,
+                           double *counts, int64_t d, int64_t r0, int64_t r1)
 {
     for (int64_t i = r0; i < r1; ++i) {
         const REAL *p = points + i * d;
         const int64_t k = labels[i];
-        REAL *s1 = sums + k * 2 * d;
-        REAL *s2 = s1 + d;
+        double *s1 = sums + k * 2 * d;
+        double *s2 = s1 + d;
         counts[k] += 1;
 #pragma omp simd
         for (int64_t j = 0; j < d; ++j) {
-            const REAL v = p[j] - shift[j];
+            const double v = (double)p[j] - (double)shift[j];
             s1[j] += v;
             s2[j] += v * v;
         }
@@ -115,57 +129,20 @@ void NAME(mn_cluster_sums)(const REAL *points, const REAL *shift,
 
 /*
  * The E-step and the M-step work on tiles of MN_TILE = 4 rows: every
- * coefficient (E) and every sum (M) loaded serves four points, and the
- * eight running sums of a tile's dot products are independent, so the
- * loops run at the rate of the loads rather than at the latency of one
- * chain of additions.  The tile's rows are centred into a scratch buffer
- * (the point matrix itself is never copied); a tile past the last row is
- * padded with zero rows whose responsibilities are zero.
+ * mean and precision loaded serves four points, and the running sums of a
+ * tile's rows are independent, so the loops run at the rate of the loads
+ * rather than at the latency of one chain of additions.  The tile's rows
+ * are centred into a scratch buffer (the point matrix itself is never
+ * copied); a tile past the last row is padded with zero rows whose
+ * responsibilities are zero.
  *
- * log p(x_t, k) of the tile's rows into lp[t * K + k]; sq[t] receives x_t^2.
- */
-static inline __attribute__((always_inline)) void NAME(mn_log_prob_tile)(
-    const REAL *const *xt, REAL *const *sqt, const REAL *coef,
-    const REAL *cst, REAL *lp, int64_t d, int64_t k_total)
-{
-    for (int t = 0; t < MN_TILE; ++t) {
-        const REAL *xi = xt[t];
-        REAL *sq = sqt[t];
-#pragma omp simd
-        for (int64_t j = 0; j < d; ++j)
-            sq[j] = xi[j] * xi[j];
-    }
-    const REAL *x0 = xt[0], *x1 = xt[1], *x2 = xt[2], *x3 = xt[3];
-    const REAL *q0 = sqt[0], *q1 = sqt[1], *q2 = sqt[2], *q3 = sqt[3];
-    for (int64_t k = 0; k < k_total; ++k) {
-        const REAL *a = coef + k * 2 * d;
-        const REAL *b = a + d;
-        REAL s0 = 0, s1 = 0, s2 = 0, s3 = 0, u0 = 0, u1 = 0, u2 = 0, u3 = 0;
-#pragma omp simd reduction(+:s0, s1, s2, s3, u0, u1, u2, u3)
-        for (int64_t j = 0; j < d; ++j) {
-            s0 += x0[j] * a[j];
-            s1 += x1[j] * a[j];
-            s2 += x2[j] * a[j];
-            s3 += x3[j] * a[j];
-            u0 += q0[j] * b[j];
-            u1 += q1[j] * b[j];
-            u2 += q2[j] * b[j];
-            u3 += q3[j] * b[j];
-        }
-        lp[0 * k_total + k] = s0 + u0 + cst[k];
-        lp[1 * k_total + k] = s1 + u1 + cst[k];
-        lp[2 * k_total + k] = s2 + u2 + cst[k];
-        lp[3 * k_total + k] = s3 + u3 + cst[k];
-    }
-}
-
-/*
  * The tile of centred rows starting at row i, x_t = points[i + t] - shift,
- * into x_buf (rows past r1 are zero); returns the number of real rows.
+ * into x_buf (MN_TILE rows of d; rows past r1 are zero); returns the
+ * number of real rows.
  */
 static inline __attribute__((always_inline)) int64_t NAME(mn_tile_rows)(
-    const REAL *points, const REAL *shift, REAL *x_buf, REAL *sq_buf,
-    int64_t d, int64_t i, int64_t r1, const REAL **xt, REAL **sqt)
+    const REAL *points, const REAL *shift, REAL *x_buf, int64_t d,
+    int64_t i, int64_t r1)
 {
     const int64_t n = r1 - i < MN_TILE ? r1 - i : MN_TILE;
     for (int t = 0; t < MN_TILE; ++t) {
@@ -179,10 +156,37 @@ static inline __attribute__((always_inline)) int64_t NAME(mn_tile_rows)(
             for (int64_t j = 0; j < d; ++j)
                 o[j] = 0;
         }
-        xt[t] = o;
-        sqt[t] = sq_buf + t * d;
     }
     return n;
+}
+
+/*
+ * log p(x_t, k) of the tile's rows into lp[t * K + k]:
+ * cst[k] - sum_j prec[k, j] (x_tj - mu[k, j])^2 / 2, direct differences.
+ */
+static inline __attribute__((always_inline)) void NAME(mn_log_prob_tile)(
+    const REAL *x_buf, const REAL *mu, const REAL *prec, const REAL *cst,
+    REAL *lp, int64_t d, int64_t k_total)
+{
+    const REAL *x0 = x_buf, *x1 = x0 + d, *x2 = x1 + d, *x3 = x2 + d;
+    for (int64_t k = 0; k < k_total; ++k) {
+        const REAL *m = mu + k * d;
+        const REAL *q = prec + k * d;
+        REAL s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+#pragma omp simd reduction(+:s0, s1, s2, s3)
+        for (int64_t j = 0; j < d; ++j) {
+            const REAL v0 = x0[j] - m[j], v1 = x1[j] - m[j];
+            const REAL v2 = x2[j] - m[j], v3 = x3[j] - m[j];
+            s0 += q[j] * (v0 * v0);
+            s1 += q[j] * (v1 * v1);
+            s2 += q[j] * (v2 * v2);
+            s3 += q[j] * (v3 * v3);
+        }
+        lp[0 * k_total + k] = cst[k] - (REAL)0.5 * s0;
+        lp[1 * k_total + k] = cst[k] - (REAL)0.5 * s1;
+        lp[2 * k_total + k] = cst[k] - (REAL)0.5 * s2;
+        lp[3 * k_total + k] = cst[k] - (REAL)0.5 * s3;
+    }
 }
 
 /*
@@ -210,27 +214,47 @@ static inline __attribute__((always_inline)) REAL NAME(mn_row_exp)(
 }
 
 /*
- * One EM step's sums, fused: the responsibilities of every point (the
- * softmax of its log-densities under the tiny-value rule, mn_row_exp) are
- * accumulated at once into nk[k] += r_ik, sums[k, :d] += r_ik x_i and
- * sums[k, d:] += r_ik x_i^2, x_i = points[i] - shift.  scratch holds
- * NAME(mn_scratch_size)(d, K) values.
+ * The E-step of the tile starting at row i (the arguments of mn_em_sums):
+ * centres its rows into x_buf, leaves their log-densities in lp and
+ * returns the number of real rows.
+ */
+static inline __attribute__((always_inline)) int64_t NAME(mn_e_step_tile)(
+    const REAL *points, const REAL *shift, const REAL *mu, const REAL *prec,
+    const REAL *cst, REAL *x_buf, REAL *lp, int64_t d, int64_t k_total,
+    int64_t i, int64_t r1)
+{
+    const int64_t n = NAME(mn_tile_rows)(points, shift, x_buf, d, i, r1);
+    NAME(mn_log_prob_tile)(x_buf, mu, prec, cst, lp, d, k_total);
+    return n;
+}
+
+/*
+ * One EM step's sums, fused, for x_i = points[i] - shift: the
+ * responsibilities r_ik of every point (the softmax of its log-densities
+ * under the tiny-value rule, mn_row_exp) are accumulated at once into
+ * nk[k] += r_ik, sums[k, :d] += r_ik (x_i - mu_k) and
+ * sums[k, d:] += r_ik (x_i - mu_k)^2: the M-step's sums about the
+ * E-step's means (double totals of REAL partial sums over at most
+ * MN_FLUSH_ROWS rows).  scratch holds NAME(mn_scratch_size)(d, K) values.
  */
 MN_CLONES
-void NAME(mn_em_sums)(const REAL *points, const REAL *shift,
-                      const REAL *coef, const REAL *cst, REAL floor_,
-                      REAL *sums, REAL *nk, REAL *scratch, int64_t d,
+void NAME(mn_em_sums)(const REAL *points, const REAL *shift, const REAL *mu,
+                      const REAL *prec, const REAL *cst, REAL floor_,
+                      double *sums, double *nk, REAL *scratch, int64_t d,
                       int64_t k_total, int64_t r0, int64_t r1)
 {
     REAL *x_buf = scratch;
-    REAL *sq_buf = x_buf + MN_TILE * d;
-    REAL *lp = sq_buf + MN_TILE * d;
-    const REAL *xt[MN_TILE];
-    REAL *sqt[MN_TILE];
+    REAL *lp = x_buf + MN_TILE * d;
+    REAL *part = lp + MN_TILE * k_total;      /* (K, 2d) partial sums */
+    REAL *part_nk = part + k_total * 2 * d;   /* (K,) */
+    const int64_t n_part = k_total * (2 * d + 1);
+    for (int64_t e = 0; e < n_part; ++e)
+        part[e] = 0;
+    const REAL *x0 = x_buf, *x1 = x0 + d, *x2 = x1 + d, *x3 = x2 + d;
+    int64_t rows = 0;
     for (int64_t i = r0; i < r1; i += MN_TILE) {
-        const int64_t n = NAME(mn_tile_rows)(points, shift, x_buf, sq_buf, d,
-                                             i, r1, xt, sqt);
-        NAME(mn_log_prob_tile)(xt, sqt, coef, cst, lp, d, k_total);
+        const int64_t n = NAME(mn_e_step_tile)(points, shift, mu, prec, cst,
+                                               x_buf, lp, d, k_total, i, r1);
         for (int t = 0; t < MN_TILE; ++t) {
             REAL *row = lp + t * k_total;
             if (t >= n) {
@@ -244,19 +268,34 @@ void NAME(mn_em_sums)(const REAL *points, const REAL *shift,
             for (int64_t k = 0; k < k_total; ++k)
                 row[k] /= total;
         }
-        const REAL *x0 = xt[0], *x1 = xt[1], *x2 = xt[2], *x3 = xt[3];
-        const REAL *q0 = sqt[0], *q1 = sqt[1], *q2 = sqt[2], *q3 = sqt[3];
         for (int64_t k = 0; k < k_total; ++k) {
             const REAL w0 = lp[k], w1 = lp[k_total + k];
             const REAL w2 = lp[2 * k_total + k], w3 = lp[3 * k_total + k];
-            REAL *s1 = sums + k * 2 * d;
+            const REAL *m = mu + k * d;
+            REAL *s1 = part + k * 2 * d;
             REAL *s2 = s1 + d;
-            nk[k] += (w0 + w1) + (w2 + w3);
+            part_nk[k] += (w0 + w1) + (w2 + w3);
 #pragma omp simd
             for (int64_t j = 0; j < d; ++j) {
-                s1[j] += w0 * x0[j] + w1 * x1[j] + w2 * x2[j] + w3 * x3[j];
-                s2[j] += w0 * q0[j] + w1 * q1[j] + w2 * q2[j] + w3 * q3[j];
+                const REAL v0 = x0[j] - m[j], v1 = x1[j] - m[j];
+                const REAL v2 = x2[j] - m[j], v3 = x3[j] - m[j];
+                const REAL u0 = w0 * v0, u1 = w1 * v1;
+                const REAL u2 = w2 * v2, u3 = w3 * v3;
+                s1[j] += (u0 + u1) + (u2 + u3);
+                s2[j] += (u0 * v0 + u1 * v1) + (u2 * v2 + u3 * v3);
             }
+        }
+        rows += MN_TILE;
+        if (rows >= MN_FLUSH_ROWS || i + MN_TILE >= r1) {
+            for (int64_t e = 0; e < k_total * 2 * d; ++e) {
+                sums[e] += part[e];
+                part[e] = 0;
+            }
+            for (int64_t k = 0; k < k_total; ++k) {
+                nk[k] += part_nk[k];
+                part_nk[k] = 0;
+            }
+            rows = 0;
         }
     }
 }
@@ -265,24 +304,20 @@ void NAME(mn_em_sums)(const REAL *points, const REAL *shift,
  * E-step in log space: out[i, k] = log p(x_i, k) - log_norm_i (out has
  * shape (m, K)) with log_norm_i = logsumexp_k log p(x_i, k) under the
  * tiny-value rule (mn_row_exp; -inf for a row of -inf), also stored in
- * log_norm[i] unless log_norm is NULL; x_i = points[i] - shift.  scratch
- * holds NAME(mn_scratch_size)(d, K) values.
+ * log_norm[i]; x_i = points[i] - shift.  scratch holds
+ * NAME(mn_scratch_size)(d, K) values.
  */
 MN_CLONES
-void NAME(mn_log_resp)(const REAL *points, const REAL *shift,
-                       const REAL *coef, const REAL *cst, REAL floor_,
+void NAME(mn_log_resp)(const REAL *points, const REAL *shift, const REAL *mu,
+                       const REAL *prec, const REAL *cst, REAL floor_,
                        REAL *out, REAL *log_norm, REAL *scratch, int64_t d,
                        int64_t k_total, int64_t r0, int64_t r1)
 {
     REAL *x_buf = scratch;
-    REAL *sq_buf = x_buf + MN_TILE * d;
-    REAL *lp = sq_buf + MN_TILE * d;
-    const REAL *xt[MN_TILE];
-    REAL *sqt[MN_TILE];
+    REAL *lp = x_buf + MN_TILE * d;
     for (int64_t i = r0; i < r1; i += MN_TILE) {
-        const int64_t n = NAME(mn_tile_rows)(points, shift, x_buf, sq_buf, d,
-                                             i, r1, xt, sqt);
-        NAME(mn_log_prob_tile)(xt, sqt, coef, cst, lp, d, k_total);
+        const int64_t n = NAME(mn_e_step_tile)(points, shift, mu, prec, cst,
+                                               x_buf, lp, d, k_total, i, r1);
         for (int64_t t = 0; t < n; ++t) {
             const REAL *row = lp + t * k_total;
             REAL best;
@@ -292,15 +327,16 @@ void NAME(mn_log_resp)(const REAL *points, const REAL *shift,
                                                       : best + LOG(total);
             for (int64_t k = 0; k < k_total; ++k)
                 out[(i + t) * k_total + k] = row[k] - norm;
-            if (log_norm != NULL)
-                log_norm[i + t] = norm;
+            log_norm[i + t] = norm;
         }
     }
 }
 
-/* Scratch values per thread of mn_em_sums and mn_log_resp: the tile's
- * centred rows and their squares, and the tile's log-densities. */
+/*
+ * Scratch values per thread of mn_em_sums and mn_log_resp: the tile's
+ * centred rows, the tile's log-densities and the partial sums.
+ */
 int64_t NAME(mn_scratch_size)(int64_t d, int64_t k_total)
 {
-    return 2 * MN_TILE * d + MN_TILE * k_total;
+    return MN_TILE * d + MN_TILE * k_total + k_total * (2 * d + 1);
 }

@@ -11,7 +11,7 @@ tests compare against:
 ==============================  ===========================================
 kernel (this module)            NumPy twin
 ==============================  ===========================================
-:func:`column_sums`             ``ones @ points``
+:func:`column_sums`             ``ArrayPasses.column_stats``
 :func:`candidate_d2`            ``mixture_steps.candidate_d2``
 :func:`cluster_sums`            ``ArrayPasses.cluster_m_step``
 :func:`em_sums`                 ``ArrayPasses.em_step``
@@ -20,7 +20,10 @@ kernel (this module)            NumPy twin
 
 The kernels read the points as given and centre every row on the fly
 (``x = points - shift``, in the cache), so the fit never writes a centred
-copy of the point matrix.
+copy of the point matrix.  Their accuracy is that of the NumPy passes in
+float64 (``_cpu_kernels_impl.h``): sums over the rows in double, the
+E-step by direct differences ``prec (x - mu)^2``, the M-step's sums about
+the E-step's means.
 
 The library is the optional C extension ``mn_chainer._cpu_kernels``, built
 by ``pip install`` where a C compiler is present and loaded here with
@@ -54,14 +57,14 @@ _SUFFIX = {numpy.dtype(numpy.float32): 'f32',
 _I64 = ctypes.c_int64
 _PTR = ctypes.c_void_p
 _SIGNATURES = {  # None: the floating type of the kernel
-    'mn_column_sums': (_PTR, _PTR, _PTR, _PTR, _I64, _I64, _I64),
+    'mn_column_sums': (_PTR, _PTR, _PTR, _PTR, _PTR, _I64, _I64, _I64),
     'mn_candidate_d2': (_PTR, _PTR, _PTR, _PTR, _I64, _I64, _I64, _I64,
                         _I64),
     'mn_cluster_sums': (_PTR, _PTR, _PTR, _PTR, _PTR, _I64, _I64, _I64),
-    'mn_em_sums': (_PTR, _PTR, _PTR, _PTR, None, _PTR, _PTR, _PTR, _I64,
-                   _I64, _I64, _I64),
-    'mn_log_resp': (_PTR, _PTR, _PTR, _PTR, None, _PTR, _PTR, _PTR, _I64,
-                    _I64, _I64, _I64),
+    'mn_em_sums': (_PTR, _PTR, _PTR, _PTR, _PTR, None, _PTR, _PTR, _PTR,
+                   _I64, _I64, _I64, _I64),
+    'mn_log_resp': (_PTR, _PTR, _PTR, _PTR, _PTR, None, _PTR, _PTR, _PTR,
+                    _I64, _I64, _I64, _I64),
 }
 #: Exported functions returning an int64, with their argument types.
 _SIZE_SIGNATURES = {'mn_scratch_size': (_I64, _I64)}
@@ -181,21 +184,26 @@ def _as(name, a, dtype, shape):
     return a
 
 
-def _coefficients(coef, const, dtype, k, d):
-    """The E-step terms of :func:`mn_chainer.mixture_steps.
-    gaussian_log_terms` (``coef`` (2d, K)) as one row of ``[x, x^2]``
-    coefficients per component."""
-    return (_as('coef', numpy.asarray(coef).T, dtype, (k, 2 * d)),
-            _as('const', const, dtype, (k,)))
-
-
-def _e_step_arguments(points, shift, coef, const):
-    """Checked ``(m, d, K, shift, coef, const)`` of an E-step kernel."""
+def _e_step_arguments(points, shift, mixture):
+    """Checked ``(m, d, K, shift, means, precisions, log_const)`` of an
+    E-step kernel, in the points' dtype (the constants computed in
+    float64: :func:`mn_chainer.mixture_steps.gaussian_log_const`)."""
     m, d = _check_points(points)
-    shift = _as('shift', shift, points.dtype, (d,))
-    k = numpy.shape(const)[0]
-    coef, const = _coefficients(coef, const, points.dtype, k, d)
-    return m, d, k, shift, coef, const
+    dtype = points.dtype
+    shift = _as('shift', shift, dtype, (d,))
+    k = numpy.shape(mixture.weights)[0]
+    weights = _as('weights', mixture.weights, numpy.float64, (k,))
+    means = _as('means', mixture.means, dtype, (k, d))
+    variances = _as('variances', mixture.variances, numpy.float64, (k, d))
+    log_const = mixture_steps.gaussian_log_const(
+        numpy, mixture_steps.Mixture(weights, means, variances))
+    return (m, d, k, shift, means, (1 / variances).astype(dtype),
+            log_const.astype(dtype))
+
+
+def _sum(parts):
+    """The sum of the per-thread buffers."""
+    return sum(parts[1:], parts[0])
 
 
 # ---------------------------------------------------------------------------
@@ -203,12 +211,19 @@ def _e_step_arguments(points, shift, coef, const):
 
 
 def column_sums(points, first=None):
-    """The sums of the columns, shape ``(d,)``; with ``first`` (a point,
-    ``(d,)``), also ``|points[i] - first|^2`` of every row, read in the
-    same pass (K-means++'s distances to its first centre)."""
+    """The column sums and the largest magnitude in one pass; with
+    ``first`` (a point, ``(d,)``), also ``|points[i] - first|^2`` of every
+    row (K-means++'s distances to its first centre).
+
+    Returns:
+        tuple: ``sums (d,)`` (float64, accumulated in double), the largest
+        ``|points[i, j]|`` (a float, 0 without rows) and the distances
+        ``(m,)`` or None.
+    """
     m, d = _check_points(points)
     ranges = _ranges(m, d, 'read' if first is None else 'compute')
-    sums = _per_thread(len(ranges), (d,), points.dtype)
+    sums = _per_thread(len(ranges), (d,), numpy.float64)
+    amax = _per_thread(len(ranges), (d,), points.dtype)
     d2 = None
     if first is not None:
         first = _as('first', first, points.dtype, (d,))
@@ -216,10 +231,9 @@ def column_sums(points, first=None):
     fn = _function('mn_column_sums', points.dtype)
     _run(lambda p, r0, r1: fn(
         _addr(points), None if first is None else _addr(first),
-        _addr(sums[p]), None if d2 is None else _addr(d2), d, r0, r1),
-        ranges)
-    total = sum(sums[1:], sums[0])
-    return total if first is None else (total, d2)
+        _addr(sums[p]), _addr(amax[p]), None if d2 is None else _addr(d2),
+        d, r0, r1), ranges)
+    return _sum(sums), float(numpy.max(amax, initial=0)), d2
 
 
 def candidate_d2(x, candidates, closest_d2):
@@ -241,76 +255,79 @@ def candidate_d2(x, candidates, closest_d2):
 
 
 def cluster_sums(points, shift, labels, n_components):
-    """Sufficient statistics of hard clusters of ``x = points - shift``.
+    """Sufficient statistics of hard clusters of ``x = points - shift``
+    (accumulated in double).
 
     Returns:
-        tuple: ``counts (K,)`` and ``sums (K, 2d)``: per cluster, the sums
-        of ``x`` and of ``x^2``.
+        tuple: ``counts (K,)`` and ``sums (K, 2d)`` (float64): per cluster,
+        the sums of ``x`` and of ``x^2``.
     """
     m, d = _check_points(points)
-    x = points
-    shift = _as('shift', shift, x.dtype, (d,))
+    shift = _as('shift', shift, points.dtype, (d,))
     labels = _as('labels', labels, numpy.int64, (m,))
     if m and (labels.min() < 0 or labels.max() >= n_components):
         raise ValueError('labels must lie in [0, {})'.format(n_components))
     ranges = _ranges(m, d, 'read')
-    sums = _per_thread(len(ranges), (n_components, 2 * d), x.dtype)
-    counts = _per_thread(len(ranges), (n_components,), x.dtype)
-    fn = _function('mn_cluster_sums', x.dtype)
-    _run(lambda p, r0, r1: fn(_addr(x), _addr(shift), _addr(labels),
+    sums = _per_thread(len(ranges), (n_components, 2 * d), numpy.float64)
+    counts = _per_thread(len(ranges), (n_components,), numpy.float64)
+    fn = _function('mn_cluster_sums', points.dtype)
+    _run(lambda p, r0, r1: fn(_addr(points), _addr(shift), _addr(labels),
                               _addr(sums[p]), _addr(counts[p]), d, r0, r1),
          ranges)
-    return sum(counts[1:], counts[0]), sum(sums[1:], sums[0])
+    return _sum(counts), _sum(sums)
 
 
-def em_sums(points, shift, coef, const):
+def em_sums(points, shift, mixture):
     """One E-step and the M-step's sums, fused, for ``x = points - shift``.
+
+    The E-step takes direct differences ``prec (x - mu)^2``; the M-step's
+    sums are taken about the means ``mu_k`` of ``mixture`` (so that they
+    never cancel in a tight component) and accumulated in double.
 
     Args:
         points: The points ``(m, d)``.
-        shift: ``(d,)``, the centre the mixture's means refer to.
-        coef, const: :func:`mn_chainer.mixture_steps.gaussian_log_terms`
-            of the mixture, ``(2d, K)`` and ``(K,)``.
+        shift: ``(d,)``, the origin of the mixture's frame.
+        mixture (~mn_chainer.mixture_steps.Mixture): The E-step's mixture,
+            its means relative to ``shift``.
 
     Returns:
-        tuple: ``nk (K,)`` and ``sums (K, 2d)``, the responsibility sums
-        and the responsibility-weighted sums of ``[x, x^2]``.
+        tuple: ``nk (K,)`` and ``sums (K, 2d)`` (float64): the
+        responsibility sums and the responsibility-weighted sums of
+        ``x - mu_k`` and ``(x - mu_k)^2``.
     """
-    m, d, k, shift, coef, const = _e_step_arguments(points, shift, coef,
-                                                    const)
-    x = points
+    m, d, k, shift, means, precisions, log_const = _e_step_arguments(
+        points, shift, mixture)
     ranges = _ranges(m, d)
-    sums = _per_thread(len(ranges), (k, 2 * d), x.dtype)
-    nk = _per_thread(len(ranges), (k,), x.dtype)
-    scratch = _scratch(len(ranges), d, k, x.dtype)
-    fn = _function('mn_em_sums', x.dtype)
-    floor = mixture_steps.log_floor(x.dtype)
-    _run(lambda p, r0, r1: fn(_addr(x), _addr(shift), _addr(coef),
-                              _addr(const), floor,
+    sums = _per_thread(len(ranges), (k, 2 * d), numpy.float64)
+    nk = _per_thread(len(ranges), (k,), numpy.float64)
+    scratch = _scratch(len(ranges), d, k, points.dtype)
+    fn = _function('mn_em_sums', points.dtype)
+    floor = mixture_steps.log_floor(points.dtype)
+    _run(lambda p, r0, r1: fn(_addr(points), _addr(shift), _addr(means),
+                              _addr(precisions), _addr(log_const), floor,
                               _addr(sums[p]), _addr(nk[p]),
                               _addr(scratch[p]), d, k, r0, r1), ranges)
-    return sum(nk[1:], nk[0]), sum(sums[1:], sums[0])
+    return _sum(nk), _sum(sums)
 
 
-def log_resp(points, shift, coef, const):
-    """E-step in log space for ``x = points - shift`` under the mixture whose
-    terms are ``coef, const`` (see :func:`em_sums`).
+def log_resp(points, shift, mixture):
+    """E-step in log space for ``x = points - shift`` under ``mixture`` (its
+    means relative to ``shift``; see :func:`em_sums`).
 
     Returns:
         tuple: log responsibilities ``(m, K)`` and log normalizers
         ``log_norm (m,)`` (``log sum_k pi_k p(x_i | k)``).
     """
-    m, d, k, shift, coef, const = _e_step_arguments(points, shift, coef,
-                                                    const)
-    x = points
+    m, d, k, shift, means, precisions, log_const = _e_step_arguments(
+        points, shift, mixture)
     ranges = _ranges(m, d)
-    out = numpy.empty((m, k), dtype=x.dtype)
-    log_norm = numpy.empty(m, dtype=x.dtype)
-    scratch = _scratch(len(ranges), d, k, x.dtype)
-    fn = _function('mn_log_resp', x.dtype)
-    floor = mixture_steps.log_floor(x.dtype)
-    _run(lambda p, r0, r1: fn(_addr(x), _addr(shift), _addr(coef),
-                              _addr(const), floor, _addr(out),
-                              _addr(log_norm), _addr(scratch[p]), d, k, r0,
-                              r1), ranges)
+    out = numpy.empty((m, k), dtype=points.dtype)
+    log_norm = numpy.empty(m, dtype=points.dtype)
+    scratch = _scratch(len(ranges), d, k, points.dtype)
+    fn = _function('mn_log_resp', points.dtype)
+    floor = mixture_steps.log_floor(points.dtype)
+    _run(lambda p, r0, r1: fn(_addr(points), _addr(shift), _addr(means),
+                              _addr(precisions), _addr(log_const), floor,
+                              _addr(out), _addr(log_norm), _addr(scratch[p]),
+                              d, k, r0, r1), ranges)
     return out, log_norm

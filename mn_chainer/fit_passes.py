@@ -23,11 +23,26 @@ passes                   points                        E-step
 Every passes class works on the centred points ``x = points - shift`` (a
 diagonal mixture is translation invariant, and the expanded distances
 cancel in float32 when ``|mean| >> sd``), and returns mixtures in that
-frame.  Its interface:
+frame, in the points' dtype.
 
-* ``column_sums(xp, points, first=None)`` (static): the column sums and,
-  where the backend fuses them, the squared distances to the point
-  ``first`` (K-means++'s first centre), else None;
+Accuracy in float32, whatever the component variances (a channel whose
+component variance is ``reg_covar``, as rectified activations give, has a
+precision of ``1e6``): the NumPy passes evaluate the E-step's expanded
+quadratic and accumulate the M-step's sums in float64
+(:func:`~mn_chainer.mixture_steps.accumulation_dtype`: one float64 product
+per cached row block, the squares of float32 numbers exact); the C kernels
+take direct differences ``prec (x - mu)^2`` and sum about the E-step's
+means in double; the CUDA E-step takes direct differences, and the M-step
+on CuPy is the NumPy one.  Every E-step follows the tiny-value rule of
+:mod:`mn_chainer.mixture_steps`.
+
+The interface of a passes class:
+
+* ``column_stats(xp, points, first=None)`` (static): the column sums
+  (float64 where the backend accumulates so), the largest magnitude
+  ``max |points[i, j]|`` and, where the backend fuses them, the
+  squared distances to the point ``first`` (K-means++'s first centre),
+  else None;
 * ``candidate_distances(xp, points)`` (static): K-means++'s
   ``candidate_d2(candidates, closest_d2)`` for these points;
 * ``hard_assign(xp, x, centers)`` (static): Lloyd's assignment;
@@ -79,17 +94,20 @@ class RowBlocks(object):
     kept.
 
     Iterating yields ``(rows, x[rows], augmented)`` with ``augmented =
-    [x[rows], x[rows] ** 2]``, valid until the next block.
+    [x[rows], x[rows] ** 2]`` in the accumulation dtype
+    (:func:`~mn_chainer.mixture_steps.accumulation_dtype`), valid until the
+    next block.
     """
 
     def __init__(self, xp, x):
         self.xp = xp
         self.x = x
+        self.dtype = mixture_steps.accumulation_dtype(x.dtype)
         m, d = x.shape
         self.block_rows = m
         if xp is numpy:
-            self.block_rows = max(
-                1, mixture_steps.BLOCK_BYTES // (2 * d * x.dtype.itemsize))
+            self.block_rows = max(1, mixture_steps.BLOCK_BYTES // (
+                2 * max(d, 1) * self.dtype.itemsize))
         self._whole = None
 
     def __iter__(self):
@@ -97,10 +115,10 @@ class RowBlocks(object):
         m, d = x.shape
         if self.block_rows >= m:
             if self._whole is None:
-                self._whole = mixture_steps.augment(xp, x)
+                self._whole = mixture_steps.augment(xp, x, dtype=self.dtype)
             yield slice(0, m), x, self._whole
             return
-        buf = xp.empty((self.block_rows, 2 * d), dtype=x.dtype)
+        buf = xp.empty((self.block_rows, 2 * d), dtype=self.dtype)
         for start in range(0, m, self.block_rows):
             rows = slice(start, min(start + self.block_rows, m))
             block = x[rows]
@@ -126,16 +144,18 @@ class ArrayPasses(object):
 
     def __init__(self, xp, points, shift):
         self.xp = xp
+        self.dtype = points.dtype
         self.x = points - shift
         self.blocks = RowBlocks(xp, self.x)
 
     @staticmethod
-    def column_sums(xp, points, first=None):
-        """The sums of the columns ``(d,)``, and None (no fused distances).
-        """
+    def column_stats(xp, points, first=None):
+        """The column sums ``(d,)``, the largest ``|points[i, j]|`` (an
+        array of one value) and None (no fused distances)."""
         # A product with a vector of ones: BLAS streams the points at
         # memory speed, twice as fast as a NumPy reduction here.
-        return xp.ones(points.shape[0], dtype=points.dtype) @ points, None
+        sums = xp.ones(points.shape[0], dtype=points.dtype) @ points
+        return sums, xp.maximum(points.max(), -points.min()), None
 
     @staticmethod
     def candidate_distances(xp, points):
@@ -160,35 +180,42 @@ class ArrayPasses(object):
         """The mixture of the hard clusters ``labels`` (DESIGN §1.1 step 4).
         """
         xp = self.xp
-        return self._m_step(lambda rows, x, augmented: mixture_steps.one_hot(
-            xp, labels[rows], n_components, x.dtype), reg_covar, reducer)
+        nk, sums = self._sums(lambda rows, x, augmented: mixture_steps.one_hot(
+            xp, labels[rows], n_components, augmented.dtype))
+        return mixture_steps.mixture_from_sums(xp, nk, sums, reg_covar,
+                                               self.dtype, reducer)
 
     def em_step(self, mixture, reg_covar, reducer=None):
         """One EM iteration (E-step, then M-step) from ``mixture``."""
+        xp = self.xp
         terms = self._e_step_terms(mixture)
-        return self._m_step(lambda rows, x, augmented: self._responsibilities(
-            terms, x, augmented), reg_covar, reducer)
+        nk, sums = self._sums(lambda rows, x, augmented:
+                              self._responsibilities(terms, x, augmented))
+        return mixture_steps.mixture_from_sums(xp, nk, sums, reg_covar,
+                                               self.dtype, reducer)
 
     def log_posterior(self, mixture):
         """E-step of every point: log responsibilities ``(m, K)`` and log
         normalizers ``(m,)``."""
-        xp, m = self.xp, self.x.shape[0]
+        xp, m, dtype = self.xp, self.x.shape[0], self.dtype
         terms = self._e_step_terms(mixture)
         log_resp = log_norm = None
         for rows, x, augmented in self.blocks:
             block, block_norm = self._log_resp(terms, x, augmented)
             if rows.stop - rows.start == m:
-                return block, block_norm
+                return (block.astype(dtype, copy=False),
+                        block_norm.astype(dtype, copy=False))
             if log_resp is None:
-                log_resp = xp.empty((m, block.shape[1]), dtype=block.dtype)
-                log_norm = xp.empty(m, dtype=block.dtype)
+                log_resp = xp.empty((m, block.shape[1]), dtype=dtype)
+                log_norm = xp.empty(m, dtype=dtype)
             log_resp[rows] = block
             log_norm[rows] = block_norm
         return log_resp, log_norm
 
-    def _m_step(self, resp_of, reg_covar, reducer):
-        """M-step over a pass: ``resp_of(rows, x, augmented)`` gives the
-        ``(rows, K)`` responsibilities of a block."""
+    def _sums(self, resp_of):
+        """The M-step's sums over a pass (:func:`~mn_chainer.mixture_steps.
+        gaussian_sums`, in the accumulation dtype): ``resp_of(rows, x,
+        augmented)`` gives the ``(rows, K)`` responsibilities of a block."""
         nk = sums = None
         for rows, x, augmented in self.blocks:
             block_nk, block_sums = mixture_steps.gaussian_sums(
@@ -198,13 +225,14 @@ class ArrayPasses(object):
             else:
                 nk += block_nk
                 sums += block_sums
-        return mixture_steps.mixture_from_sums(self.xp, nk, sums, reg_covar,
-                                               reducer)
+        return nk, sums
 
     # The E-step of a block (overridden by CudaPasses).
 
     def _e_step_terms(self, mixture):
-        return mixture_steps.gaussian_log_terms(self.xp, mixture)
+        dtype = self.blocks.dtype
+        return mixture_steps.gaussian_log_terms(self.xp, mixture_steps.Mixture(
+            *(a.astype(dtype) for a in mixture)))
 
     def _log_resp(self, terms, x, augmented):
         return mixture_steps.estimate_log_resp(
@@ -270,12 +298,10 @@ class CKernelPasses(object):
         return self._x
 
     @staticmethod
-    def column_sums(xp, points, first=None):
-        """The sums of the columns and, with ``first``, the squared
-        distances to it, in one pass (:func:`mn_chainer.cpu_kernels.
-        column_sums`)."""
-        if first is None:
-            return cpu_kernels.column_sums(points), None
+    def column_stats(xp, points, first=None):
+        """The column sums (in double), the largest magnitude and, with
+        ``first``, the squared distances to it, in one pass
+        (:func:`mn_chainer.cpu_kernels.column_sums`)."""
         return cpu_kernels.column_sums(points, first)
 
     @staticmethod
@@ -287,19 +313,16 @@ class CKernelPasses(object):
         return self.points, self.shift
 
     def cluster_m_step(self, labels, n_components, reg_covar, reducer=None):
+        nk, sums = cpu_kernels.cluster_sums(self.points, self.shift, labels,
+                                            n_components)
         return mixture_steps.mixture_from_sums(
-            self.xp, *cpu_kernels.cluster_sums(
-                self.points, self.shift, labels, n_components),
-            reg_covar=reg_covar, reducer=reducer)
+            self.xp, nk, sums, reg_covar, self.points.dtype, reducer)
 
     def em_step(self, mixture, reg_covar, reducer=None):
+        nk, sums = cpu_kernels.em_sums(self.points, self.shift, mixture)
         return mixture_steps.mixture_from_sums(
-            self.xp, *cpu_kernels.em_sums(
-                self.points, self.shift,
-                *mixture_steps.gaussian_log_terms(self.xp, mixture)),
-            reg_covar=reg_covar, reducer=reducer)
+            self.xp, nk, sums, reg_covar, self.points.dtype, reducer,
+            centres=mixture.means.astype(sums.dtype))
 
     def log_posterior(self, mixture):
-        return cpu_kernels.log_resp(
-            self.points, self.shift,
-            *mixture_steps.gaussian_log_terms(self.xp, mixture))
+        return cpu_kernels.log_resp(self.points, self.shift, mixture)

@@ -114,7 +114,12 @@ def from_points(points, shape):
 
 def _check_points(points, n_components, check_finite=True):
     """``(xp, points)``: the points' module and the points in their compute
-    dtype (:func:`mn_chainer.mixture_steps.compute_dtype`), checked."""
+    dtype (:func:`mn_chainer.mixture_steps.compute_dtype`, native byte
+    order), checked.  Anything but a CuPy array (lists, array-likes) is
+    taken as a NumPy array."""
+    xp = get_array_module(points)
+    if xp is numpy:
+        points = numpy.asarray(points)
     if points.ndim != 2:
         raise ValueError('points must be a 2-D array (n_samples, n_features),'
                          ' got {} dimension(s) with shape {}'
@@ -122,6 +127,9 @@ def _check_points(points, n_components, check_finite=True):
     if points.dtype.kind != 'f':
         raise TypeError('points must be floating point, got dtype {}'
                         .format(points.dtype))
+    if points.shape[1] == 0:
+        raise ValueError('points must have at least one feature, got shape '
+                         '{} (n_features=0)'.format(points.shape))
     dtype = mixture_steps.compute_dtype(points.dtype)
     if (not isinstance(n_components, numbers.Integral)
             or isinstance(n_components, bool) or n_components < 1):
@@ -132,23 +140,58 @@ def _check_points(points, n_components, check_finite=True):
             'n_samples={} should be >= n_components={}: there are fewer '
             'points than mixture components'.format(points.shape[0],
                                                     n_components))
-    xp = get_array_module(points)
     points = points.astype(dtype, copy=False)
     if check_finite:
         _check_finite(xp, points)
     return xp, points
 
 
-def _check_finite(xp, points, column_sums=None):
-    """:class:`NonFiniteError` if ``points`` holds NaN or Inf.
-
-    ``column_sums`` (the sums of the columns, which a NaN or Inf makes
-    non-finite) spare the full check where they are finite.
-    """
-    if column_sums is not None and bool(xp.isfinite(column_sums).all()):
-        return
+def _check_finite(xp, points):
+    """:class:`NonFiniteError` if ``points`` holds NaN or Inf."""
     if not bool(xp.isfinite(points).all()):
         raise NonFiniteError('points contain NaN or Inf (non-finite values)')
+
+
+def _rescaling(magnitude, dtype, m, d):
+    """The exponent ``e >= 0`` of the power of two ``2**-e`` that the fit
+    scales finite points by so that no sum overflows.
+
+    The largest sum of a fit is K-means++'s potential, at most
+    ``m d (2 A)^2`` for points within ``A`` of their mean (``A <= 2
+    magnitude``); the points are scaled so that it stays 64 times below the
+    largest number of ``dtype``.  Scaling by a power of two is exact, so
+    the scaled fit, scaled back, is the fit (``reg_covar`` scaled alike);
+    ``e = 0`` (no scaling) for every input below about ``1e14`` in float32
+    (``m d = 4e6``) and ``1e150`` in float64.
+    """
+    limit = math.sqrt(numpy.finfo(dtype).max / (64.0 * 16 * m * d))
+    if not 2 * magnitude > limit:  # NaN: the finite check has raised
+        return 0
+    return int(math.ceil(math.log2(2 * magnitude / limit)))
+
+
+def _scaled_reg_covar(reg_covar, scale, dtype):
+    """``reg_covar * scale**2``, raised to the smallest normal number where
+    it would fall below it (a variance floor below the resolution of the
+    scaled points, which keeps every precision finite)."""
+    reg_covar = reg_covar * scale * scale
+    tiny = float(numpy.finfo(dtype).tiny)
+    return tiny if 0 < reg_covar < tiny else reg_covar
+
+
+def _unscale(xp, mixture, shift, scale):
+    """The mixture of the points from that of ``(points - shift) * scale``
+    (:func:`_rescaling`); :class:`NonFiniteError` where its variances are
+    beyond the dtype's range."""
+    dtype = mixture.means.dtype
+    means = (mixture.means + shift) / dtype.type(scale)
+    variances = mixture.variances.astype(numpy.float64) / (scale * scale)
+    if not bool((variances <= numpy.finfo(dtype).max).all()):
+        raise NonFiniteError(
+            'points too large for {}: their fitted variances (up to {:.3g}) '
+            'exceed its largest number; fit them in float64'.format(
+                dtype, float(variances.max())))
+    return Mixture(mixture.weights, means, variances.astype(dtype))
 
 
 def _check_iters(name, value):
@@ -257,11 +300,11 @@ def kmeans(points, centers, n_iter=1):
     Returns:
         tuple: ``centers (K, d)`` and the last assignment ``labels (m,)``.
     """
-    xp, points = _check_points(points, centers.shape[0])
+    xp, points = _check_points(points, numpy.shape(centers)[0])
     n_iter = _check_iters('n_iter', n_iter)
     passes_type = fit_passes.select_passes(xp, points)
     return mixture_steps.lloyd(
-        xp, points, centers.astype(points.dtype), max(n_iter, 1),
+        xp, points, xp.asarray(centers, dtype=points.dtype), max(n_iter, 1),
         functools.partial(passes_type.hard_assign, xp))
 
 
@@ -295,12 +338,41 @@ def log_likelihood(points, mixture):
 
 def _log_posterior(xp, points, mixture):
     """The E-step of the points' backend, in the frame of the mixture's
-    mean: log responsibilities ``(m, K)`` and log normalizers ``(m,)``."""
+    mean: log responsibilities ``(m, K)`` and log normalizers ``(m,)``.
+
+    Where a squared distance overflows (finite points ``1e19`` away from a
+    component in float32), the E-step is taken again on the points and
+    mixture scaled by a power of two (the posterior does not change; the
+    log-density gains ``d log(scale)``); :class:`NonFiniteError` where that
+    is not finite either (NaN points not checked by the caller).
+    """
     mixture = Mixture(*(xp.asarray(a, dtype=points.dtype) for a in mixture))
     shift = mixture.weights @ mixture.means
-    passes = fit_passes.select_passes(xp, points)(xp, points, shift)
-    return passes.log_posterior(
-        mixture._replace(means=mixture.means - shift))
+    mixture = mixture._replace(means=mixture.means - shift)
+    passes_type = fit_passes.select_passes(xp, points)
+    with numpy.errstate(invalid='ignore', over='ignore'):  # checked below
+        log_resp, log_norm = passes_type(xp, points, shift).log_posterior(
+            mixture)
+    if bool(xp.isfinite(log_norm).all()):
+        return log_resp, log_norm
+    x = points - shift
+    magnitude = float(max(x.max(), -x.min(), xp.abs(mixture.means).max()))
+    if math.isfinite(magnitude) and magnitude > 0:
+        scale = 2.0 ** -math.ceil(math.log2(magnitude))
+        x *= x.dtype.type(scale)
+        tiny = numpy.finfo(points.dtype).tiny
+        log_resp, log_norm = passes_type(
+            xp, x, xp.zeros_like(shift)).log_posterior(mixture._replace(
+                means=mixture.means * scale,
+                variances=xp.maximum(mixture.variances * (scale * scale),
+                                     tiny)))
+        # p(x) = p'(scale x) scale^d.
+        log_norm = log_norm + points.shape[1] * math.log(scale)
+    if not bool(xp.isfinite(log_norm).all()):
+        raise NonFiniteError(
+            'the posterior is not finite: the points contain NaN or Inf, or '
+            'the mixture is not finite or has a zero variance')
+    return log_resp, log_norm
 
 
 def centre(points, mixture):
@@ -334,8 +406,10 @@ def fit_gmm(points, n_components, kmeans_iters=1, em_iters=1, n_trials=None,
     paper §3.2, §5.1, §5.3).
 
     Args:
-        points: Array of shape ``(m, d)`` (NumPy or CuPy).  float16 is fitted
-            in float32; float32 and float64 keep their precision.
+        points: Array of shape ``(m, d)`` (NumPy or CuPy; lists and other
+            array-likes are taken as NumPy arrays), ``d >= 1``.  float16 is
+            fitted in float32; float32 and float64 keep their precision
+            (in the machine's byte order).
         n_components (int): Number of components ``K`` (``m >= K``).
         kmeans_iters (int): Lloyd iterations (the mixture is initialised
             from the last hard assignment; 0 assigns to the seeds).
@@ -361,8 +435,13 @@ def fit_gmm(points, n_components, kmeans_iters=1, em_iters=1, n_trials=None,
         Mixture: the pruned mixture (``n_components`` is the effective K),
         or ``(mixture, resp)`` when ``return_posterior`` is True.
 
+    Points whose squares would overflow (float32 beyond about ``1e14``)
+    are fitted scaled by a power of two, which is exact, and the mixture is
+    scaled back.
+
     Raises:
-        NonFiniteError: The points hold NaN or Inf.
+        NonFiniteError: The points hold NaN or Inf, or the fitted variances
+            exceed the largest number of the points' dtype.
     """
     # The NaN/Inf check is folded into the fit's first pass (_fit_gmm).
     xp, points = _check_points(points, n_components, check_finite=False)
@@ -409,29 +488,51 @@ def _fit_gmm(xp, points, n_components, kmeans_iters, em_iters, n_trials,
                 data_parallel.worker_random_state(xp, rng, reducer))
         return worker_rng[0]
 
-    sample = points
+    index = None
     if sample_ratio < 1:
         rs = local_rng()
         n_sample = min(m, max(n_components, int(math.ceil(sample_ratio * m))))
         if n_sample < m:
             index = rs.choice(m, size=n_sample, replace=False)
-            sample = points[index]
     passes_type = fit_passes.select_passes(xp, points)
     first = None
-    if centers is None and reducer is None and sample is points:
+    if centers is None and reducer is None and index is None:
         # K-means++'s first centre is drawn now (its draw comes first in
         # any case), so that a backend may measure its distances in the
         # pass of the column sums.
         first = rng.randint(0, m, size=1).astype(numpy.int64)
-    column_sums, first_d2 = passes_type.column_sums(
+    column_sums, magnitude, first_d2 = passes_type.column_stats(
         xp, points, None if first is None else points[first[0]])
-    total, count = data_parallel.allreduce_packed(
-        xp, reducer, column_sums, xp.full(1, m, points.dtype))
-    _check_finite(xp, points, total)
+    magnitudes = xp.zeros(1 if reducer is None else reducer.size,
+                          column_sums.dtype)
+    magnitudes[0 if reducer is None else reducer.rank] = magnitude
+    total, count, magnitudes = data_parallel.allreduce_packed(
+        xp, reducer, column_sums, xp.full(1, m, column_sums.dtype),
+        magnitudes)
+    # One transfer to the host (a synchronisation on the GPU) for the
+    # decisions: NaN/Inf, the number of points, the rescaling.
+    sums_finite, n_total, magnitude = mixture_steps.to_host(xp.stack([
+        xp.isfinite(total).all(), count[0], magnitudes.max()]).astype(
+            numpy.float64)).tolist()
+    if not sums_finite:
+        # A NaN or Inf makes its column's sum non-finite (the check of
+        # every point is spared where they are finite).
+        _check_finite(xp, points)
+    n_total = int(n_total)
     # Fit centred points (a diagonal mixture is translation invariant):
     # E[x^2] - mu^2 and the distance expansions cancel catastrophically in
     # float32 when |mean| >> sd.
-    shift = total / count
+    shift = (total / count).astype(points.dtype)
+    scale = 2.0 ** -_rescaling(magnitude, points.dtype, n_total,
+                               points.shape[1])
+    if scale != 1:
+        points = points * points.dtype.type(scale)  # exact
+        shift = shift * points.dtype.type(scale)
+        reg_covar = _scaled_reg_covar(reg_covar, scale, points.dtype)
+        first_d2 = None
+        if centers is not None:
+            centers = centers * points.dtype.type(scale)
+    sample = points if index is None else points[index]
     passes = passes_type(xp, sample, shift)
 
     labels = None
@@ -442,8 +543,7 @@ def _fit_gmm(xp, points, n_components, kmeans_iters, em_iters, n_trials,
             seed_points, seed_origin = passes.seed_points()
         else:
             seed_points, seed_origin = data_parallel.gather_points(
-                xp, passes.x, reducer, local_rng,
-                int(count.tolist()[0])), 0
+                xp, passes.x, reducer, local_rng, n_total), 0
         centers, _, seed_labels = mixture_steps.kmeans_plusplus(
             xp, seed_points, n_components, n_trials, rng,
             passes_type.candidate_distances(xp, seed_points), first=first,
@@ -471,4 +571,6 @@ def _fit_gmm(xp, points, n_components, kmeans_iters, em_iters, n_trials,
         log_resp, _ = passes.log_posterior(mixture)
         mixture, log_resp = mixture_steps.prune(xp, mixture, log_resp,
                                                 min_weight, reducer)
+    if scale != 1:
+        return _unscale(xp, mixture, shift, scale), log_resp
     return mixture._replace(means=mixture.means + shift), log_resp

@@ -20,8 +20,9 @@ orchestrates.
 **Tiny values** (one rule for the three E-steps: NumPy here, C in
 ``_cpu_kernels_impl.h``, CUDA in :mod:`mn_chainer.kernels`): a log-density
 more than ``log_floor(dtype) = ln(tiny) / 2`` below its point's largest
-(-43.7 in float32, -354 in float64) is raised to that floor before it is
-exponentiated, in the log-sum-exp normalizer and in the responsibilities
+(-43.7 in float32, -354 in float64; ``dtype`` is the one the E-step
+computes in: float64 in the NumPy passes) is raised to that floor before it
+is exponentiated, in the log-sum-exp normalizer and in the responsibilities
 that weigh the M-step's sums.  Such a term is below the rounding of the
 largest one (``exp(floor) = sqrt(tiny)``), so the floor changes no result
 beyond rounding, but no subnormal number is ever produced or summed (they
@@ -71,8 +72,10 @@ class NonFiniteError(ValueError):
     """Points, or the mixture fitted to them, that are not finite numbers.
 
     Raised by :func:`mn_chainer.gmm.fit_gmm` and :func:`mn_chainer.gmm.
-    posterior` for points holding NaN or Inf.  A subclass of
-    :class:`ValueError`, so that callers catching that keep working.
+    posterior` for points holding NaN or Inf, and where a fit to finite
+    points cannot be represented in their dtype (variances beyond its
+    largest number).  A subclass of :class:`ValueError`, so that callers
+    catching that keep working.
     """
 
 
@@ -98,7 +101,8 @@ def compute_dtype(dtype):
     """The dtype statistics of ``dtype`` arrays are computed in.
 
     float16 is computed in float32 (as Chainer's batch normalization does);
-    float32 and float64 keep their precision.
+    float32 and float64 keep their precision, in the machine's byte order
+    (big-endian ``>f4`` points are computed in native float32).
 
     Raises:
         TypeError: ``dtype`` is not a floating type.
@@ -107,7 +111,20 @@ def compute_dtype(dtype):
     if dtype.kind != 'f':
         raise TypeError('expected floating point values, got dtype {}'
                         .format(dtype))
-    return numpy.dtype(numpy.float32) if dtype.itemsize < 4 else dtype
+    if dtype.itemsize < 4:
+        return numpy.dtype(numpy.float32)
+    return dtype.newbyteorder('=')
+
+
+def accumulation_dtype(dtype):
+    """The dtype the NumPy passes accumulate ``dtype`` points in: float64
+    (or wider).
+
+    The squares of float32 numbers are exact in float64, and its sums
+    neither cancel in ``E[x^2] - mu^2`` nor in the expanded E-step where a
+    precision is large (module doc of :mod:`mn_chainer.fit_passes`).
+    """
+    return numpy.promote_types(dtype, numpy.float64)
 
 
 def log_floor(dtype):
@@ -138,12 +155,22 @@ def log_weights(xp, weights):
 # E-step
 
 
+def gaussian_log_const(xp, mixture):
+    """``log pi_k - sum_j log(2 pi var_kj) / 2``, shape ``(K,)``: the part
+    of ``log pi_k N(x | mu_k, var_k)`` that does not depend on ``x``."""
+    return log_weights(xp, mixture.weights) - 0.5 * xp.log(
+        2 * math.pi * mixture.variances).sum(axis=1)
+
+
 def gaussian_log_terms(xp, mixture):
     """The E-step's log-densities as one product: ``log pi_k p(x | k) =
     [x, x^2] @ coef[:, k] + const[k]``.
 
     Expanding ``sum_j prec_kj (x_j - mu_kj)^2`` (as scikit-learn does) makes
-    the log-densities of all components one matrix product.
+    the log-densities of all components one matrix product.  Its terms
+    cancel where a precision is large, so the NumPy passes evaluate it in
+    float64 (:func:`accumulation_dtype`), the C and CUDA E-steps take direct
+    differences instead.
 
     Args:
         mixture (Mixture): The mixture (``weights`` may hold zeros).
@@ -153,11 +180,9 @@ def gaussian_log_terms(xp, mixture):
     """
     means = mixture.means
     precisions = 1 / mixture.variances
-    d = means.shape[1]
     coef = xp.concatenate((means * precisions, -0.5 * precisions), axis=1).T
-    const = log_weights(xp, mixture.weights) - 0.5 * (
-        d * math.log(2 * math.pi) + (means * means * precisions).sum(axis=1)
-        - xp.log(precisions).sum(axis=1))
+    const = gaussian_log_const(xp, mixture) - 0.5 * (
+        means * means * precisions).sum(axis=1)
     return xp.ascontiguousarray(coef), const
 
 
@@ -229,18 +254,19 @@ def responsibilities(xp, log_prob):
 # M-step
 
 
-def augment(xp, x, out=None):
-    """``[x, x^2]``, shape ``(m, 2d)`` (into ``out`` if given)."""
+def augment(xp, x, out=None, dtype=None):
+    """``[x, x^2]``, shape ``(m, 2d)``, in ``dtype`` (default: that of
+    ``x``; the squares are taken in it) or into ``out`` if given."""
     d = x.shape[1]
     if out is None:
-        out = xp.empty((x.shape[0], 2 * d), dtype=x.dtype)
+        out = xp.empty((x.shape[0], 2 * d), dtype=dtype or x.dtype)
     out[:, :d] = x
-    xp.multiply(x, x, out=out[:, d:])
+    xp.multiply(out[:, :d], out[:, :d], out=out[:, d:])
     return out
 
 
 def gaussian_sums(xp, augmented, resp):
-    """Sufficient statistics of the M-step.
+    """Sufficient statistics of the M-step, in the dtype of ``augmented``.
 
     Args:
         augmented: ``[x, x^2]`` ``(m, 2d)``.
@@ -250,25 +276,47 @@ def gaussian_sums(xp, augmented, resp):
         tuple: ``sum_i resp_ik`` ``(K,)`` and ``sum_i resp_ik [x_i, x_i^2]``
         ``(K, 2d)``.
     """
+    resp = resp.astype(augmented.dtype, copy=False)
     return resp.sum(axis=0), resp.T @ augmented
 
 
-def gaussians_from_sums(xp, nk, sums, reg_covar):
+def gaussians_from_sums(xp, nk, sums, reg_covar, dtype, centres=None):
     """``(nk, means, variances)`` from the sums of :func:`gaussian_sums`.
 
-    ``nk`` gets ``10 * eps`` (so that an empty component stays finite) and
-    the variances ``E[x^2] - mu^2`` (never below zero) get ``reg_covar``, as
-    scikit-learn's ``_estimate_gaussian_parameters``.
+    The means and variances are the responsibility-weighted ones,
+    ``mu = S1 / nk`` and ``var = S2 / nk - mu^2`` (never below zero) plus
+    ``reg_covar``, about any origin the sums were taken about (a component
+    whose points all share a value gets the variance ``reg_covar`` exactly,
+    whatever its distance from that origin).  The returned ``nk`` gets
+    ``10 * eps`` of ``dtype``, so that an empty component keeps a positive
+    weight, as in scikit-learn's ``_estimate_gaussian_parameters`` (which
+    also divides by it: its variances gain ``mu^2 10 eps / nk``).  The
+    arithmetic is done in the sums' dtype, the results are in ``dtype``.
+
+    Args:
+        nk: ``(K,)`` responsibility sums.
+        sums: ``(K, 2d)`` weighted sums of ``x - c_k`` and ``(x - c_k)^2``.
+        reg_covar (float): Floor added to every variance.
+        dtype: The dtype of the results.
+        centres: ``(K, d)`` the origins ``c_k`` the sums are taken about
+            (the C kernels take them about the E-step's means); None: zero.
     """
     d = sums.shape[1] // 2
-    nk = nk + 10 * numpy.finfo(sums.dtype).eps
-    means = sums[:, :d] / nk[:, None]
-    variances = xp.maximum(sums[:, d:] / nk[:, None] - means * means, 0)
-    return nk, means, variances + reg_covar
+    weight = xp.where(nk > 0, nk, 1)[:, None]  # an empty cluster: 0 / 1
+    offsets = sums[:, :d] / weight
+    variances = xp.maximum(sums[:, d:] / weight - offsets * offsets, 0)
+    means = offsets if centres is None else offsets + centres
+    nk = nk + 10 * numpy.finfo(dtype).eps
+    return tuple(a.astype(dtype, copy=False)
+                 for a in (nk, means, variances + reg_covar))
 
 
 def estimate_gaussian_parameters(points, resp, reg_covar):
     """M-step statistics of diagonal Gaussians from responsibilities.
+
+    The fit's M-step, which runs it block by block (:func:`gaussian_sums`,
+    then :func:`gaussians_from_sums`); the sums are accumulated in float64
+    (:func:`accumulation_dtype`).
 
     Args:
         points: Array of shape ``(m, d)``.
@@ -279,18 +327,23 @@ def estimate_gaussian_parameters(points, resp, reg_covar):
         tuple: ``nk (K,)`` (responsibility sums plus ``10 * eps`` so that an
         empty component stays finite), ``means (K, d)`` and
         ``variances (K, d)`` (``E[x^2] - mu^2 + reg_covar``, never below
-        ``reg_covar``).
+        ``reg_covar``), in the points' compute dtype.
     """
     xp = get_array_module(points)
-    nk, sums = gaussian_sums(xp, augment(xp, points), resp)
-    return gaussians_from_sums(xp, nk, sums, reg_covar)
+    dtype = compute_dtype(points.dtype)
+    nk, sums = gaussian_sums(
+        xp, augment(xp, points, dtype=accumulation_dtype(dtype)), resp)
+    return gaussians_from_sums(xp, nk, sums, reg_covar, dtype)
 
 
-def mixture_from_sums(xp, nk, sums, reg_covar, reducer=None):
-    """The M-step's mixture from the sums of a pass, summed over the
-    workers (:func:`mn_chainer.data_parallel.allreduce_packed`)."""
+def mixture_from_sums(xp, nk, sums, reg_covar, dtype, reducer=None,
+                      centres=None):
+    """The M-step's mixture (in ``dtype``) from the sums of a pass, summed
+    over the workers (:func:`mn_chainer.data_parallel.allreduce_packed`);
+    ``centres`` as in :func:`gaussians_from_sums`."""
     nk, sums = data_parallel.allreduce_packed(xp, reducer, nk, sums)
-    nk, means, variances = gaussians_from_sums(xp, nk, sums, reg_covar)
+    nk, means, variances = gaussians_from_sums(xp, nk, sums, reg_covar,
+                                               dtype, centres)
     return Mixture(nk / nk.sum(), means, variances)
 
 

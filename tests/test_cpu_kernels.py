@@ -17,6 +17,8 @@ from mn_chainer import fit_passes
 from mn_chainer import gmm
 from mn_chainer import mixture_steps
 
+import mixture_reference
+
 
 def test_extension_is_built():
     if cpu_kernels._library() is None:
@@ -58,20 +60,19 @@ def _random_points(rs, m, d, dtype, offset=3.0):
         dtype)
 
 
-def _random_terms(rs, k, d):
-    """A random mixture and its E-step terms (float64)."""
-    weights = rs.dirichlet(numpy.ones(k))
-    means = rs.randn(k, d)
+def _random_mixture(rs, k, d, dtype, tight=False):
+    """A random mixture (its means near the points of
+    :func:`_random_points` after centring), in ``dtype``; ``tight`` gives
+    some channels the variance 1e-6 of a dead channel."""
     variances = rs.uniform(0.5, 2, size=(k, d))
-    return mixture_steps.gaussian_log_terms(
-        numpy, gmm.Mixture(weights, means, variances))
+    if tight:
+        variances[rs.rand(k, d) < 0.3] = 1e-6
+    return gmm.Mixture(*(a.astype(dtype) for a in (
+        rs.dirichlet(numpy.ones(k)), rs.randn(k, d), variances)))
 
 
-def _log_prob64(x, coef, const):
-    """log p(x_i, k) in float64 from the definition of the terms."""
-    x = x.astype(numpy.float64)
-    d = x.shape[1]
-    return x @ coef[:d] + (x * x) @ coef[d:] + const
+def _centred64(points, shift):
+    return points.astype(numpy.float64) - shift.astype(numpy.float64)
 
 
 @pytest.mark.parametrize('dtype', DTYPES)
@@ -79,17 +80,31 @@ def _log_prob64(x, coef, const):
 def test_column_sums(kernels, ranges, dtype, m, d):
     rs = numpy.random.RandomState(m * d)
     points = _random_points(rs, m, d, dtype)
-    sums = kernels.column_sums(points)
-    assert sums.dtype == dtype and sums.shape == (d,)
+    sums, magnitude, d2 = kernels.column_sums(points)
+    assert sums.dtype == numpy.float64 and sums.shape == (d,)
+    assert d2 is None
     numpy.testing.assert_allclose(sums, points.astype(numpy.float64).sum(0),
-                                  rtol=_rtol(dtype))
+                                  rtol=1e-13)
+    assert magnitude == numpy.abs(points).max()
     first = points[m // 2]
-    sums2, d2 = kernels.column_sums(points, first)
+    sums2, magnitude2, d2 = kernels.column_sums(points, first)
     numpy.testing.assert_array_equal(sums2, sums)
+    assert magnitude2 == magnitude
     expected = ((points.astype(numpy.float64) - first) ** 2).sum(axis=1)
     numpy.testing.assert_allclose(d2, expected, rtol=_rtol(dtype),
                                   atol=_rtol(dtype))
     assert d2[m // 2] == 0
+
+
+def test_column_sums_far_from_zero(kernels, ranges):
+    """Issue 14 item 3: 200,000 float32 rows near 1e6 (the sums reach
+    2e11, where float32 steps by 16,384): the sums are accumulated in
+    double, as accurate as the float64 sum of the same numbers."""
+    rs = numpy.random.RandomState(0)
+    points = (1e6 + rs.randn(200000, 8)).astype(numpy.float32)
+    sums, _, _ = kernels.column_sums(points)
+    numpy.testing.assert_allclose(sums, points.astype(numpy.float64).sum(0),
+                                  rtol=1e-14)
 
 
 @pytest.mark.parametrize('dtype', DTYPES)
@@ -121,58 +136,63 @@ def test_candidate_d2(kernels, ranges, dtype, m, d, t):
 @pytest.mark.parametrize('m,d', SHAPES)
 @pytest.mark.parametrize('k', [1, 4])
 def test_cluster_sums(kernels, ranges, dtype, m, d, k):
+    """The sums of hard clusters, in double (the centred float32 points and
+    their squares are exact in it)."""
     rs = numpy.random.RandomState(m + d + k)
-    points = _random_points(rs, m, d, dtype)
-    shift = points.mean(axis=0)
+    points = _random_points(rs, m, d, dtype, offset=1e3)
+    shift = points.mean(axis=0).astype(dtype)
     labels = rs.randint(0, k, size=m)
     counts, sums = kernels.cluster_sums(points, shift, labels, k)
-    x = points.astype(numpy.float64) - shift
+    assert counts.dtype == sums.dtype == numpy.float64
+    x = _centred64(points, shift)
     one_hot = numpy.eye(k)[labels]
     numpy.testing.assert_array_equal(counts, one_hot.sum(axis=0))
     expected = numpy.concatenate((one_hot.T @ x, one_hot.T @ (x * x)), 1)
-    numpy.testing.assert_allclose(sums, expected, rtol=_rtol(dtype),
-                                  atol=_rtol(dtype) * m)
+    numpy.testing.assert_allclose(sums, expected, rtol=1e-12, atol=1e-9)
 
 
 @pytest.mark.parametrize('dtype', DTYPES)
 @pytest.mark.parametrize('m,d', SHAPES)
 @pytest.mark.parametrize('k', [1, 2, 5])
-def test_em_sums(kernels, ranges, dtype, m, d, k):
+@pytest.mark.parametrize('tight', [False, True])
+def test_em_sums(kernels, ranges, dtype, m, d, k, tight):
+    """Responsibilities of the direct-difference E-step and the sums of
+    ``x - mu_k`` and ``(x - mu_k)^2`` against float64."""
     rs = numpy.random.RandomState(10 * m + d + k)
     points = _random_points(rs, m, d, dtype)
     shift = points.mean(axis=0).astype(dtype)
-    coef, const = _random_terms(rs, k, d)
-    nk, sums = kernels.em_sums(points, shift, coef, const)
-    assert nk.dtype == dtype and sums.shape == (k, 2 * d)
-    x = points.astype(numpy.float64) - shift
-    log_prob = _log_prob64(x, coef, const)
-    resp = numpy.exp(log_prob - log_prob.max(axis=1, keepdims=True))
-    resp /= resp.sum(axis=1, keepdims=True)
-    numpy.testing.assert_allclose(nk, resp.sum(axis=0), rtol=_rtol(dtype),
-                                  atol=_rtol(dtype) * m)
-    expected = numpy.concatenate((resp.T @ x, resp.T @ (x * x)), axis=1)
-    numpy.testing.assert_allclose(sums, expected, rtol=_rtol(dtype),
-                                  atol=_rtol(dtype) * m * 10)
+    mixture = _random_mixture(rs, k, d, dtype, tight)
+    nk, sums = kernels.em_sums(points, shift, mixture)
+    assert nk.dtype == sums.dtype == numpy.float64
+    assert sums.shape == (k, 2 * d)
+    x = _centred64(points, shift)
+    resp = mixture_reference.posterior(x, mixture)
+    tol = _rtol(dtype) * (100 if tight else 1)
+    numpy.testing.assert_allclose(nk, resp.sum(axis=0), rtol=tol,
+                                  atol=tol * m)
+    diff = x[:, None, :] - mixture.means.astype(numpy.float64)[None]
+    expected = numpy.concatenate((numpy.einsum('ik,ikj->kj', resp, diff),
+                                  numpy.einsum('ik,ikj->kj', resp,
+                                               diff * diff)), axis=1)
+    numpy.testing.assert_allclose(sums, expected, rtol=tol,
+                                  atol=tol * m * 10)
 
 
 @pytest.mark.parametrize('dtype', DTYPES)
 @pytest.mark.parametrize('m,d', SHAPES)
 @pytest.mark.parametrize('k', [1, 2, 5])
-def test_log_resp(kernels, ranges, dtype, m, d, k):
+@pytest.mark.parametrize('tight', [False, True])
+def test_log_resp(kernels, ranges, dtype, m, d, k, tight):
     rs = numpy.random.RandomState(20 * m + d + k)
     points = _random_points(rs, m, d, dtype)
     shift = points.mean(axis=0).astype(dtype)
-    coef, const = _random_terms(rs, k, d)
-    out, log_norm = kernels.log_resp(points, shift, coef, const)
+    mixture = _random_mixture(rs, k, d, dtype, tight)
+    out, log_norm = kernels.log_resp(points, shift, mixture)
     assert out.dtype == dtype and out.shape == (m, k)
     assert log_norm.dtype == dtype and log_norm.shape == (m,)
-    log_prob = _log_prob64(points.astype(numpy.float64) - shift, coef,
-                           const)
-    top = log_prob.max(axis=1, keepdims=True)
-    expected_norm = top + numpy.log(
-        numpy.exp(log_prob - top).sum(axis=1, keepdims=True))
-    expected = log_prob - expected_norm
-    numpy.testing.assert_allclose(log_norm, expected_norm[:, 0],
+    expected, expected_norm = mixture_reference.log_resp(
+        _centred64(points, shift), mixture)
+    numpy.testing.assert_allclose(log_norm, expected_norm,
                                   rtol=_rtol(dtype))
     # Log posteriors are compared where they matter (above -30): far
     # below, float32 rounding of the log-densities dominates.
@@ -184,23 +204,58 @@ def test_log_resp(kernels, ranges, dtype, m, d, k):
                                   rtol=_rtol(dtype))
 
 
+@pytest.mark.parametrize('scale', [10.0, 1.0])
+def test_e_step_dead_channels(kernels, ranges, scale):
+    """Issue 14 item 2: rectified points (exact zeros) under a mixture with
+    the variance 1e-6 in channels where a component's points are all zero
+    (precision 1e6): the float32 posterior of the direct-difference E-step
+    is within 1e-4 of the float64 one (the expanded quadratic on centred
+    float32 points was up to 1 away here), and so are the M-step's sums."""
+    x64 = mixture_reference.rectified_modes(m=2048, d=64, scale=scale)
+    points = x64.astype(numpy.float32)
+    mixture = gmm.Mixture(*(a.astype(numpy.float32) for a in gmm.fit_gmm(
+        x64, 3, rng=0, min_weight=0)))
+    assert (mixture.variances < 1.1e-6).any()  # the premise
+    shift = points.mean(axis=0).astype(numpy.float32)
+    centred = mixture._replace(means=mixture.means - shift)
+    out, log_norm = kernels.log_resp(points, shift, centred)
+    expected, expected_norm = mixture_reference.log_resp(x64, mixture)
+    numpy.testing.assert_allclose(numpy.exp(out), numpy.exp(expected),
+                                  atol=1e-4)
+    numpy.testing.assert_allclose(log_norm, expected_norm, rtol=1e-5)
+    nk, sums = kernels.em_sums(points, shift, centred)
+    resp = numpy.exp(expected)
+    numpy.testing.assert_allclose(nk, resp.sum(axis=0), rtol=1e-4)
+    diff = x64[:, None, :] - mixture.means.astype(numpy.float64)[None]
+    numpy.testing.assert_allclose(
+        sums[:, 64:], numpy.einsum('ik,ikj->kj', resp, diff * diff),
+        rtol=1e-3, atol=1e-3 * scale ** 2)
+
+
 def test_em_sums_well_separated_rows(kernels):
     """Responsibilities that underflow (points far from a component) are
     floored as documented, and the sums stay finite and exact."""
     points = numpy.repeat(numpy.linspace(-5, 65, 700)[:, None], 4,
                           axis=1).astype(numpy.float32)
-    weights, means = numpy.array([0.5, 0.5]), numpy.array([[0.] * 4,
-                                                           [60.] * 4])
-    terms = mixture_steps.gaussian_log_terms(
-        numpy, gmm.Mixture(weights, means, numpy.ones((2, 4))))
+    mixture = gmm.Mixture(
+        numpy.array([0.5, 0.5], numpy.float32),
+        numpy.array([[0.] * 4, [60.] * 4], numpy.float32),
+        numpy.ones((2, 4), numpy.float32))
     shift = numpy.zeros(4, numpy.float32)
-    nk, sums = kernels.em_sums(points, shift, *terms)
+    nk, sums = kernels.em_sums(points, shift, mixture)
     assert numpy.isfinite(nk).all() and numpy.isfinite(sums).all()
     numpy.testing.assert_allclose(nk.sum(), 700, rtol=1e-5)
+    # The NumPy twin (float64 expanded E-step, the same floor).
+    terms = mixture_steps.gaussian_log_terms(numpy, gmm.Mixture(
+        *(a.astype(numpy.float64) for a in mixture)))
     resp = mixture_steps.responsibilities(
         numpy, mixture_steps.estimate_log_prob(
-            numpy, mixture_steps.augment(numpy, points), terms))
+            numpy, mixture_steps.augment(numpy, points, dtype=numpy.float64),
+            terms))
     numpy.testing.assert_allclose(nk, resp.sum(axis=0), rtol=1e-5)
+    # Floored at the floor of the dtype each E-step computes in.
+    floor = numpy.exp(mixture_steps.log_floor(numpy.float64))
+    assert resp.min() >= floor / 2
 
 
 # ---------------------------------------------------------------------------
@@ -210,11 +265,14 @@ def test_em_sums_well_separated_rows(kernels):
 def test_bad_arguments_raise(kernels):
     x = numpy.ones((6, 3), numpy.float32)
     shift = numpy.zeros(3, numpy.float32)
-    coef, const = numpy.zeros((6, 2)), numpy.zeros(2)
+    mixture = gmm.Mixture(numpy.ones(2) / 2, numpy.zeros((2, 3)),
+                          numpy.ones((2, 3)))
     with pytest.raises(ValueError, match='C-contiguous'):
         kernels.column_sums(numpy.ones((3, 6), numpy.float32).T)
     with pytest.raises(TypeError, match='float32 or float64'):
         kernels.column_sums(x.astype(numpy.float16))
+    with pytest.raises(TypeError, match='float32 or float64'):
+        kernels.column_sums(x.astype('>f4'))
     with pytest.raises(TypeError, match='float32 or float64'):
         kernels.column_sums(x.astype(numpy.int64))
     with pytest.raises(ValueError, match='2-D'):
@@ -232,11 +290,12 @@ def test_bad_arguments_raise(kernels):
     with pytest.raises(ValueError, match='labels must have shape'):
         kernels.cluster_sums(x, shift, numpy.zeros(5, numpy.int64), 2)
     with pytest.raises(ValueError, match='shift must have shape'):
-        kernels.em_sums(x, numpy.zeros(2), coef, const)
-    with pytest.raises(ValueError, match='coef must have shape'):
-        kernels.em_sums(x, shift, numpy.zeros((5, 2)), const)
-    with pytest.raises(ValueError, match='const must have shape'):
-        kernels.log_resp(x, shift, coef, numpy.zeros((2, 1)))
+        kernels.em_sums(x, numpy.zeros(2), mixture)
+    with pytest.raises(ValueError, match='means must have shape'):
+        kernels.em_sums(x, shift, mixture._replace(means=numpy.zeros((2, 2))))
+    with pytest.raises(ValueError, match='variances must have shape'):
+        kernels.log_resp(x, shift, mixture._replace(
+            variances=numpy.ones((3, 3))))
 
 
 def test_disabled_by_environment(kernels, monkeypatch):

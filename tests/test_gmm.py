@@ -390,9 +390,9 @@ def test_row_blocks_give_the_same_fit(monkeypatch, dtype, sample_ratio):
     kwargs = dict(kmeans_iters=2, em_iters=3, sample_ratio=sample_ratio,
                   min_weight=0.05, return_posterior=True)
     whole, tau_whole = gmm.fit_gmm(points, 4, rng=3, **kwargs)
-    # 8 rows per block: 501 points -> 62 full blocks and one of 5 rows.
-    monkeypatch.setattr(mixture_steps, 'BLOCK_BYTES',
-                        8 * 2 * 9 * numpy.dtype(dtype).itemsize)
+    # 8 rows per block (of float64 [x, x^2]): 501 points -> 62 full blocks
+    # and one of 5 rows.
+    monkeypatch.setattr(mixture_steps, 'BLOCK_BYTES', 8 * 2 * 9 * 8)
     assert fit_passes.RowBlocks(numpy, points).block_rows == 8
     blocked, tau_blocked = gmm.fit_gmm(points, 4, rng=3, **kwargs)
     rtol = 1e-4 if dtype == numpy.float32 else 1e-10
