@@ -10,9 +10,11 @@ here from the formulas (not :mod:`mn_chainer.gmm`):
   through a barrier), run on small inputs (needs ``g++``, no GPU);
 * the CuPy entry points against the reference on a GPU (skipped without one).
 
-This file is self-contained: it imports neither Chainer nor
-``tests/conftest.py`` helpers, so ``python -m pytest tests/test_kernels.py``
-(or ``python tests/gpu_harness.py``) also runs on a machine with only NumPy
+This file imports neither Chainer nor ``tests/conftest.py`` helpers (the
+rectified-activation case takes its data and float64 posterior from
+``mixture_reference.py`` and :mod:`mn_chainer.gmm`, which need NumPy
+alone), so ``python -m pytest tests/test_kernels.py`` (or
+``python tests/gpu_harness.py``) also runs on a machine with only NumPy
 and CuPy.
 """
 import ctypes
@@ -583,6 +585,37 @@ def test_emulated_kernels(emulated, dtype, m, d, k, chunk, max_grid):
     _check_candidate_d2(out, points, candidates, closest_d2)
 
 
+def _dead_channel_case():
+    """Issue 14 item 2: rectified activations (exact zeros) and the mixture
+    a float64 fit gives them, with the variance 1e-6 (precision 1e6) in
+    channels where a component's points are all zero, centred as the fit
+    centres them; the float64 posterior of that float32 mixture.  The
+    expanded quadratic of a float32 E-step is up to 1 away from it here.
+    """
+    from mn_chainer import gmm  # NumPy only
+    import mixture_reference
+    x64 = mixture_reference.rectified_modes(m=256, d=64, scale=10.0, seed=1)
+    points = x64.astype(numpy.float32)
+    mixture = gmm.Mixture(*(a.astype(numpy.float32) for a in gmm.fit_gmm(
+        x64, 3, rng=0, min_weight=0)))
+    assert (mixture.variances < 1.1e-6).any()
+    shift = points.mean(axis=0)
+    with numpy.errstate(divide='ignore'):
+        log_weights = numpy.log(mixture.weights)
+    inputs = (points - shift, log_weights, mixture.means - shift,
+              (1 / mixture.variances.astype(numpy.float64)).astype(
+                  numpy.float32))
+    return inputs, mixture_reference.posterior(x64, mixture)
+
+
+def test_emulated_estep_dead_channels(emulated):
+    """The CUDA E-step (direct differences) in float32 is within 1e-4 of
+    the float64 posterior on rectified activations with dead channels."""
+    inputs, expected = _dead_channel_case()
+    log_resp, _ = emulated(numpy.float32, 4).estep(*inputs, max_grid=None)
+    numpy.testing.assert_allclose(numpy.exp(log_resp), expected, atol=1e-4)
+
+
 # ---------------------------------------------------------------------------
 # CuPy entry points
 
@@ -628,6 +661,14 @@ def test_estep_log_resp_gpu(cupy, dtype, m, d, k):
         *[cupy.asarray(a) for a in inputs])
     assert isinstance(log_resp, cupy.ndarray)
     _check_estep(cupy.asnumpy(log_resp), cupy.asnumpy(log_norm), *inputs)
+
+
+@pytest.mark.gpu
+def test_estep_dead_channels_gpu(cupy):
+    inputs, expected = _dead_channel_case()
+    log_resp, _ = kernels.estep_log_resp(*[cupy.asarray(a) for a in inputs])
+    numpy.testing.assert_allclose(numpy.exp(cupy.asnumpy(log_resp)),
+                                  expected, atol=1e-4)
 
 
 @pytest.mark.gpu
