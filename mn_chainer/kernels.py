@@ -87,6 +87,38 @@ __device__ __forceinline__ mixnorm_real mixnorm_group_sum(
     return v;
 }
 
+// The grid-stride walk of a point-wise kernel over the m points, one group
+// of `group` lanes (a power of two <= 32, the kernel's last argument) per
+// point; blockDim.x is a multiple of 32.  The loop condition is uniform
+// over the warp (shuffles need all lanes): groups past the end work on the
+// last point (valid() false) and must write nothing.
+struct mixnorm_walk {
+    const int lane;           // this lane's index in its group
+    const int group_in_warp;  // this group's index in its warp
+    const long long step;     // groups in the grid
+    long long i;              // the point
+    __device__ __forceinline__ explicit mixnorm_walk(int group)
+        : lane(threadIdx.x & (group - 1)),
+          group_in_warp((threadIdx.x & 31) / group),
+          step((long long)gridDim.x * (blockDim.x / group)),
+          i(((long long)blockIdx.x * blockDim.x + threadIdx.x) / group) {}
+    __device__ __forceinline__ bool more(long long m) const {
+        return i - group_in_warp < m;
+    }
+    __device__ __forceinline__ bool valid(long long m) const {
+        return i < m;
+    }
+    // The index of the point this group reads (the last one past the end).
+    __device__ __forceinline__ long long row(long long m) const {
+        return i < m ? i : m - 1;
+    }
+};
+
+// Centres in the register chunk that starts `left` centres before the end.
+__device__ __forceinline__ int mixnorm_chunk(long long left) {
+    return left < MIXNORM_CHUNK ? (int)left : MIXNORM_CHUNK;
+}
+
 // acc[c] = sum_j w[c, j] * (x[j] - centres[c, j])^2 for c < n_centres
 // (w = 1 unless WEIGHTED), summed over the lanes of the group.  Rows of
 // `centres` and `weights` have length d.  n_centres is warp-uniform.
@@ -166,23 +198,16 @@ extern "C" __global__ void mixnorm_estep_log_resp(
         long long m, long long d, long long n_components,
         mixnorm_real* __restrict__ log_resp,
         mixnorm_real* __restrict__ log_norm, int group) {
-    const int lane = threadIdx.x & (group - 1);
-    const int group_in_warp = (threadIdx.x & 31) / group;
-    const long long n_groups = (long long)gridDim.x * (blockDim.x / group);
     const mixnorm_real neg_inf = -MIXNORM_INF;
-    // The loop condition is uniform over the warp (shuffles need all
-    // lanes); groups past the end work on the last point and write nothing.
-    for (long long i = ((long long)blockIdx.x * blockDim.x + threadIdx.x)
-             / group;
-         i - group_in_warp < m; i += n_groups) {
-        const bool valid = i < m;
-        const mixnorm_real* x = points + (valid ? i : m - 1) * d;
+    for (mixnorm_walk w(group); w.more(m); w.i += w.step) {
+        const long long i = w.i;
+        const int lane = w.lane;
+        const bool valid = w.valid(m);
+        const mixnorm_real* x = points + w.row(m) * d;
         mixnorm_real* out = log_resp + i * n_components;
         mixnorm_real run_max = neg_inf;
         for (long long k0 = 0; k0 < n_components; k0 += MIXNORM_CHUNK) {
-            const long long left = n_components - k0;
-            const int n_chunk = left < MIXNORM_CHUNK ? (int)left
-                                                     : MIXNORM_CHUNK;
+            const int n_chunk = mixnorm_chunk(n_components - k0);
             mixnorm_real acc[MIXNORM_CHUNK];
             mixnorm_sq_dist_chunk<true>(
                 x, means + k0 * d, precisions + k0 * d, n_chunk, d, lane,
@@ -234,27 +259,20 @@ extern "C" __global__ void mixnorm_candidate_d2(
         const mixnorm_real* __restrict__ closest_d2,
         long long m, long long d, long long n_candidates,
         mixnorm_real* __restrict__ out, int group) {
-    const int lane = threadIdx.x & (group - 1);
-    const int group_in_warp = (threadIdx.x & 31) / group;
-    const long long n_groups = (long long)gridDim.x * (blockDim.x / group);
-    for (long long i = ((long long)blockIdx.x * blockDim.x + threadIdx.x)
-             / group;
-         i - group_in_warp < m; i += n_groups) {
-        const bool valid = i < m;
-        const mixnorm_real* x = points + (valid ? i : m - 1) * d;
-        const mixnorm_real closest = closest_d2[valid ? i : m - 1];
+    for (mixnorm_walk w(group); w.more(m); w.i += w.step) {
+        const bool valid = w.valid(m);
+        const mixnorm_real* x = points + w.row(m) * d;
+        const mixnorm_real closest = closest_d2[w.row(m)];
         for (long long t0 = 0; t0 < n_candidates; t0 += MIXNORM_CHUNK) {
-            const long long left = n_candidates - t0;
-            const int n_chunk = left < MIXNORM_CHUNK ? (int)left
-                                                     : MIXNORM_CHUNK;
+            const int n_chunk = mixnorm_chunk(n_candidates - t0);
             mixnorm_real acc[MIXNORM_CHUNK];
             mixnorm_sq_dist_chunk<false>(
-                x, candidates + t0 * d, NULL, n_chunk, d, lane, group, acc);
+                x, candidates + t0 * d, NULL, n_chunk, d, w.lane, group, acc);
 #pragma unroll
             for (int c = 0; c < MIXNORM_CHUNK; ++c) {
-                if (c < n_chunk && valid && lane == (c & (group - 1))) {
-                    out[(t0 + c) * m + i] = acc[c] < closest ? acc[c]
-                                                             : closest;
+                if (c < n_chunk && valid && w.lane == (c & (group - 1))) {
+                    out[(t0 + c) * m + w.i] = acc[c] < closest ? acc[c]
+                                                               : closest;
                 }
             }
         }
@@ -273,23 +291,16 @@ extern "C" __global__ void mixnorm_kmeans_assign(
         long long m, long long d, long long n_centres,
         long long* __restrict__ labels,
         mixnorm_real* __restrict__ min_d2, int group) {
-    const int lane = threadIdx.x & (group - 1);
-    const int group_in_warp = (threadIdx.x & 31) / group;
-    const long long n_groups = (long long)gridDim.x * (blockDim.x / group);
-    for (long long i = ((long long)blockIdx.x * blockDim.x + threadIdx.x)
-             / group;
-         i - group_in_warp < m; i += n_groups) {
-        const bool valid = i < m;
-        const mixnorm_real* x = points + (valid ? i : m - 1) * d;
+    for (mixnorm_walk w(group); w.more(m); w.i += w.step) {
+        const bool valid = w.valid(m);
+        const mixnorm_real* x = points + w.row(m) * d;
         mixnorm_real best = MIXNORM_INF;
         long long best_k = 0;
         for (long long k0 = 0; k0 < n_centres; k0 += MIXNORM_CHUNK) {
-            const long long left = n_centres - k0;
-            const int n_chunk = left < MIXNORM_CHUNK ? (int)left
-                                                     : MIXNORM_CHUNK;
+            const int n_chunk = mixnorm_chunk(n_centres - k0);
             mixnorm_real acc[MIXNORM_CHUNK];
             mixnorm_sq_dist_chunk<false>(
-                x, centres + k0 * d, NULL, n_chunk, d, lane, group, acc);
+                x, centres + k0 * d, NULL, n_chunk, d, w.lane, group, acc);
 #pragma unroll
             for (int c = 0; c < MIXNORM_CHUNK; ++c) {
                 if (c < n_chunk && acc[c] < best) {
@@ -298,9 +309,9 @@ extern "C" __global__ void mixnorm_kmeans_assign(
                 }
             }
         }
-        if (valid && lane == 0) {
-            labels[i] = best_k;
-            min_d2[i] = best;
+        if (valid && w.lane == 0) {
+            labels[w.i] = best_k;
+            min_d2[w.i] = best;
         }
     }
 }
