@@ -32,6 +32,9 @@ import warnings
 
 import numpy
 
+# Before Chainer: the package silences CuPy's NCCL warning on import.
+import mn_chainer  # NOQA: F401, I100
+
 import chainer
 import chainer.functions as F
 from chainer import training
@@ -398,9 +401,9 @@ def main(argv=None):
     comm = None if args.communicator is None else cli.create_communicator(
         args.communicator)
     rank = 0 if comm is None else comm.rank
-    recorded = runs.recorded_settings(args, _RECORDED)
+    recorded = runs.recorded_settings(args, _RECORDED, PROG)
     settings = resolve_settings(args)
-    settings['n_workers'] = 1 if comm is None else comm.size
+    settings.update(program=PROG, n_workers=1 if comm is None else comm.size)
     changes = {} if recorded is None else runs.resume_changes(
         settings, recorded, RESUME_MAY_CHANGE, FLAGS)
     settings['out'] = args.out or (

@@ -18,49 +18,62 @@ is also noisier than the BN/MN difference: compare several seeds
 
 The two runs are written to ``<out>/bn2`` and ``<out>/mn2`` (LogReport
 ``log``, ``args.json``, plots, snapshots), so
-``mn-compare <out>/bn2 <out>/mn2`` and ``mn-plot`` can read them.
+``mn-compare <out>/bn2 <out>/mn2`` and ``mn-plot`` can read them. Like a
+training run, the demo does not write over an earlier demo: ``--resume``
+continues it (each run from its latest snapshot; finished runs are read
+back) and ``--overwrite`` moves it aside to ``<out>.old<N>``.
 """
 import argparse
 import os
 import time
 
+from mn_chainer import cli
 from mn_chainer.logs import ACCURACY_KEY
 import mn_chainer.logs
 import mn_chainer.presets
-import train_cifar
+from mn_chainer import rundir
+import mn_chainer.train
 
+
+#: Program name of the messages.
+PROG = 'python -m mn_chainer.demo'
 
 #: Rows compared, in table order.
 ROWS = ('BN-2', 'MN-2')
 
-#: Training images of CIFAR-10 (the paper trains on all of them).
-_PAPER_N_TRAIN = 50000
-
 
 def get_parser():
+    """The command line of the demo."""
     parser = argparse.ArgumentParser(
+        prog=PROG, formatter_class=cli.HelpFormatter,
         description='Short BN-2 vs MN-2 comparison on CIFAR-10 (paper '
-        'Table II rows, reduced length)',
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument('--data', default=None,
+        'Table II rows, reduced length)')
+    positive = cli.positive(int)
+    parser.add_argument('--data', metavar='PATH.npz',
                         help='CIFAR-10 .npz (uint8 NHWC x_train/y_train/'
-                        'x_test/y_test); default: Chainer\'s download')
-    parser.add_argument('--epoch', '-e', type=int, default=3,
+                        'x_test/y_test; default: Chainer\'s download)')
+    parser.add_argument('--epoch', '-e', type=positive, default=3,
                         help='training epochs of each run')
-    parser.add_argument('--train-subset', type=int, default=4096,
+    parser.add_argument('--train-subset', type=positive, default=4096,
                         help='training images (seeded random subset)')
-    parser.add_argument('--test-subset', type=int, default=2000,
+    parser.add_argument('--test-subset', type=positive, default=2000,
                         help='test images (seeded random subset)')
-    parser.add_argument('--batchsize', '-b', type=int, default=128,
+    parser.add_argument('--batchsize', '-b', type=positive, default=128,
                         help='mini-batch size (the paper: 256)')
-    parser.add_argument('--widths', default=None,
+    parser.add_argument('--widths',
                         help='CIFAR CNN widths (default: 64,128,256,256)')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--device', '-d', default='-1')
-    parser.add_argument('--loaderjob', '-j', type=int, default=None)
+    parser.add_argument('--loaderjob', '-j', type=positive)
     parser.add_argument('--out', '-o', default=os.path.join('result', 'demo'))
+    parser.add_argument('--resume', action='store_true',
+                        help='continue the demo found in --out')
+    parser.add_argument('--overwrite', action='store_true',
+                        help='move a demo found in --out aside to '
+                        '<out>.old<N> (nothing is deleted)')
     parser.add_argument('--progress', action='store_true',
                         help='show the training progress bars')
+    cli.add_debug_flag(parser)
     return parser
 
 
@@ -122,35 +135,80 @@ def _paper_context(dataset='cifar10'):
     return '\n'.join(lines)
 
 
+def _row_dir(out, row):
+    return os.path.join(out, row.replace('-', '').lower())
+
+
+def _prepare(args):
+    """Checks (and with ``--overwrite`` clears) the demo's directory.
+
+    Returns:
+        dict: Row -> extra arguments of its training (``--resume``).
+
+    """
+    found = {row: rundir.run_files(_row_dir(args.out, row)) for row in ROWS}
+    if any(found.values()) and not (args.resume or args.overwrite):
+        raise rundir.RunDirError(
+            '--out {} already holds a demo ({}); continue it with --resume, '
+            'write elsewhere with --out, or add --overwrite to move it aside '
+            '(to {}.old<N>)'.format(
+                args.out, ', '.join(
+                    '{}/{}'.format(os.path.basename(_row_dir('', r)),
+                                   ','.join(f[:2]))
+                    for r, f in found.items() if f),
+                os.path.normpath(args.out)))
+    if args.overwrite and any(found.values()):
+        print('# the demo found in {} was moved to {}'.format(
+            args.out, rundir.move_aside(args.out)))
+        return {row: [] for row in ROWS}
+    extra = {}
+    for row in ROWS:
+        out = _row_dir(args.out, row)
+        snapshot = rundir.latest_snapshot(out)
+        if snapshot is not None:
+            extra[row] = ['--resume', snapshot]
+        elif found[row]:
+            # Stopped before its first snapshot: restarted, the old files
+            # moved aside.
+            extra[row] = ['--overwrite']
+        else:
+            extra[row] = []
+    return extra
+
+
 def main(argv=None):
     """Runs both trainings and prints the comparison; returns the logs."""
     args = get_parser().parse_args(argv)
+    extra = _prepare(args)
     logs = {}
     times = {}
     for row in ROWS:
-        out = os.path.join(args.out, row.replace('-', '').lower())
+        out = _row_dir(args.out, row)
         print('=== {} -> {}'.format(row, out), flush=True)
         start = time.time()
-        logs[row] = train_cifar.main(_train_argv(args, row, out))
+        logs[row] = mn_chainer.train.main(
+            _train_argv(args, row, out) + extra[row])
         times[row] = time.time() - start
-    settings = mn_chainer.logs.load_args(os.path.join(args.out, 'mn2'))
+    settings = mn_chainer.logs.load_args(_row_dir(args.out, 'MN-2'))
     updates = logs['MN-2'][-1]['iteration'] if logs['MN-2'] else 0
     preset = mn_chainer.presets.get_preset('table2:MN-2', 'cifar10')
     # Chainer's repeating iterator wraps around epochs: no partial batches.
-    paper_updates = -(-preset.epoch * _PAPER_N_TRAIN // preset.batchsize)
+    paper_updates = -(-preset.epoch * mn_chainer.presets.PAPER_N_TRAIN //
+                      preset.batchsize)
     summary = '\n'.join([
         'CIFAR-10, {} training / {} test images, {} epochs, batch {}, '
         'seed {}'.format(settings['n_train'], settings['n_test'],
                          args.epoch, args.batchsize, args.seed),
         format_comparison(logs),
-        'wall time: ' + ', '.join(
-            '{} {:.0f} s'.format(r, times[r]) for r in ROWS),
+        'wall time{}: '.format(' (this invocation)' if args.resume else '')
+        + ', '.join('{} {:.0f} s'.format(r, times[r]) for r in ROWS),
         '',
         _paper_context(),
         'this run: {} updates of batch {} on {} images; the paper: {} '
-        'updates of batch {} on 50,000 images'.format(
+        'updates of batch {} on {:,} images'.format(
             updates, args.batchsize, settings['n_train'],
-            paper_updates, preset.batchsize),
+            paper_updates, preset.batchsize,
+            mn_chainer.presets.PAPER_N_TRAIN),
         'A short CPU run on a subset is far from the paper\'s 100-epoch '
         'setting,',
         'and one seed is noisier than the BN/MN difference (repeat with '
@@ -158,10 +216,9 @@ def main(argv=None):
     ])
     print('')
     print(summary)
-    with open(os.path.join(args.out, 'summary.txt'), 'w') as f:
-        f.write(summary + '\n')
+    rundir.write_text(os.path.join(args.out, 'summary.txt'), summary + '\n')
     return logs
 
 
 if __name__ == '__main__':
-    main()
+    cli.run(main, prog=PROG)

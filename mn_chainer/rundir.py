@@ -179,9 +179,12 @@ def write_json(path, obj):
     The text goes to ``<path>.tmp``, is flushed to disk and renamed over
     ``path``: a reader sees the old or the new file, never a torn one.
     """
-    def dump(f):
-        f.write(json.dumps(obj, indent=2, sort_keys=True) + '\n')
-    _write_atomically(path, dump, 'w')
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + '\n')
+
+
+def write_text(path, text):
+    """Writes ``text`` to ``path`` atomically (see :func:`write_json`)."""
+    _write_atomically(path, lambda f: f.write(text), 'w')
 
 
 def write_npz(path, arrays):
@@ -248,7 +251,8 @@ class RunLock(object):
 
 
 def is_locked(path):
-    """Whether another process holds the :class:`RunLock` of ``path``."""
+    """Whether the :class:`RunLock` of ``path`` is held (by another
+    process, or by another lock object of this one)."""
     if fcntl is None or not os.path.exists(os.path.join(path, LOCK_FILE)):
         return False
     try:
@@ -281,14 +285,15 @@ def check(out, resume=None, overwrite=False):
             to resume that run or where else to write.
 
     """
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise RunDirError('--out {} is a file, not a directory'.format(out))
-    parent = out
+    parent = os.path.abspath(out)
     while not os.path.isdir(parent):
-        parent = os.path.dirname(os.path.abspath(parent))
+        if os.path.lexists(parent):
+            raise RunDirError('--out {}: {} is a file, not a directory'
+                              .format(out, parent))
+        parent = os.path.dirname(parent)
     if not os.access(parent, os.W_OK | os.X_OK):
         raise RunDirError('--out {}: {} is not writable'.format(
-            out, parent if parent != out else 'the directory'))
+            out, parent))
     if is_locked(out):
         raise RunDirError('--out {} is in use by another run; wait for it '
                           'or write elsewhere with --out'.format(out))

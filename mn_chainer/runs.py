@@ -19,6 +19,7 @@ run the same way:
 Under ChainerMN worker 0 owns the directory; its errors reach every worker
 (:func:`mn_chainer.cli.on_main_worker`).
 """
+import json
 import os
 import zipfile
 import zlib
@@ -29,6 +30,7 @@ import chainer
 
 from mn_chainer import cli
 import mn_chainer.extensions
+import mn_chainer.logs
 from mn_chainer import rundir
 
 
@@ -52,7 +54,7 @@ def snapshot_path(path):
     return path
 
 
-def recorded_settings(args, destinations):
+def recorded_settings(args, destinations, program):
     """Reads the settings of ``args.resume``'s run into the flags left out.
 
     ``args.resume`` becomes the snapshot file (:func:`snapshot_path`); every
@@ -61,6 +63,8 @@ def recorded_settings(args, destinations):
     Args:
         args (argparse.Namespace): Parsed arguments, changed in place.
         destinations (dict): argparse destination -> settings key.
+        program (str): The resuming program; a snapshot recorded by another
+            (``settings['program']``) is refused.
 
     Returns:
         dict or None: The snapshot's settings (None without ``--resume`` or
@@ -68,8 +72,8 @@ def recorded_settings(args, destinations):
         are then taken as given).
 
     Raises:
-        mn_chainer.cli.CommandError: If the snapshot is missing or
-            unreadable.
+        mn_chainer.cli.CommandError: If the snapshot is missing, unreadable
+            or written by another program.
 
     """
     if args.resume is None:
@@ -77,6 +81,10 @@ def recorded_settings(args, destinations):
     args.resume = snapshot_path(args.resume)
     recorded = read_recorded_settings(args.resume)
     if recorded is not None:
+        if recorded.get('program', program) != program:
+            raise cli.CommandError(
+                '--resume {}: a snapshot of {}, not of {}'.format(
+                    args.resume, recorded['program'], program))
         fill_from_record(args, recorded, destinations)
     return recorded
 
@@ -131,12 +139,13 @@ def resume_changes(settings, recorded, may_change, flags):
         if key in may_change:
             changes[key] = [recorded[key], settings.get(key)]
             continue
+        value = settings.get(key)
+        given = flag if isinstance(value, bool) else '{} {}'.format(
+            flag, _show(value))
         raise cli.UsageError(
-            '{} {} contradicts the snapshot\'s run ({}: {}); a resumed run '
+            '{} contradicts the snapshot\'s run ({}: {}); a resumed run '
             'keeps its settings: leave {} out, or start a new run with '
-            'another --out'.format(
-                flag, _show(settings.get(key)), key, _show(recorded[key]),
-                flag))
+            'another --out'.format(given, key, _show(recorded[key]), flag))
     return changes
 
 
@@ -224,6 +233,8 @@ def start(trainer, settings, recorded, changes, argv, overwrite=False,
     settings['argv'] = (recorded or {}).get('argv', list(argv))
     if lock is not None:
         rundir.write_json(os.path.join(out, 'args.json'), settings)
+        if snapshot is not None:
+            _rewrite_log(trainer)
     return lock, moved
 
 
@@ -263,6 +274,23 @@ def check_mixture_layers(names, mn_norms, flag='--dump-mixtures'):
             '{}: {} is not a Mixture Normalization layer of this run (its MN '
             'layers: {})'.format(flag, ', '.join(unknown),
                                  ', '.join(mn_norms) or 'none'))
+
+
+def _rewrite_log(trainer):
+    """Makes the ``log`` file the snapshot's log.
+
+    A run killed after its last snapshot may have logged further entries;
+    until the resumed run reports again (never, if it is already as long as
+    asked), the file would hold the abandoned entries.
+    """
+    try:
+        report = trainer.get_extension('LogReport')
+    except ValueError:
+        return
+    # The trainers' LogReport writes the default file name.
+    path = os.path.join(trainer.out, mn_chainer.logs.LOG_FILE)
+    if os.path.exists(path):
+        rundir.write_text(path, json.dumps(report.log, indent=4))
 
 
 def _keep_loaded_parameters(trainer):
