@@ -403,11 +403,11 @@ def main(argv=None):
     comm = None if args.communicator is None else cli.create_communicator(
         args.communicator)
     rank = 0 if comm is None else comm.rank
-    recorded = runs.recorded_settings(args, _RECORDED)
+    recorded = runs.recorded_settings(args, _RECORDED, PROG)
     if recorded is not None and args.plain_mn is None:
         args.plain_mn = recorded.get('mn_relu') is False
     settings = resolve_settings(args)
-    settings['n_workers'] = 1 if comm is None else comm.size
+    settings.update(program=PROG, n_workers=1 if comm is None else comm.size)
     changes = {} if recorded is None else runs.resume_changes(
         settings, recorded, RESUME_MAY_CHANGE, FLAGS)
     settings['out'] = args.out or (
