@@ -4,7 +4,9 @@ Both sides fit a diagonal Gaussian mixture to the same points with the same
 steps: greedy K-means++ seeding (``2 + floor(ln K)`` trials), one Lloyd step
 (assign every point to its nearest seed; the clusters' shares, means and
 variances initialise the mixture) and one EM iteration.  scikit-learn does
-it with its public pieces, always in float64::
+it with its public pieces, in the dtype of the points it is given (its
+fitted parameters and posterior keep it; the header prints what they were
+in)::
 
     centers, _ = sklearn.cluster.kmeans_plusplus(X, K)
     labels = sklearn.metrics.pairwise.euclidean_distances(
@@ -17,7 +19,14 @@ it with its public pieces, always in float64::
 (the assignment is the one sklearn's K-means++ uses internally; its
 ``pairwise_distances_argmin`` gives the same labels).  Ours is
 ``fit_gmm(x, K, kmeans_iters=1, em_iters=1, sample_ratio=1, min_weight=0)``
-(no pruning, like scikit-learn) in ``--dtype`` (float32 by default).
+(no pruning, like scikit-learn) in ``--dtype`` (float32 and float64 by
+default).
+
+Two comparisons side by side (issue 19): ours in float32 against
+scikit-learn in float64 (what Mixture Normalization runs against the
+reference's default), and equal precision: ours float64 against
+scikit-learn float64, ours float32 against scikit-learn float32.
+scikit-learn runs in float64 and in every dtype of ``--dtype``.
 
 Each row reports the median time over ``--repeats`` fits after one warm-up
 (seed ``r`` on both sides; the contenders take turns seed by seed, so load
@@ -91,7 +100,8 @@ def make_activations(m, d, seed, n_sources=4):
 
 
 def fit_sklearn(points, n_components, seed, reg_covar, lloyd='assign'):
-    """scikit-learn doing our work (module docstring); float64 points.
+    """scikit-learn doing our work (module docstring), in the dtype of
+    ``points`` (float32 or float64).
 
     ``lloyd='kmeans'`` runs the Lloyd step as ``KMeans(init=seeds,
     n_init=1, max_iter=1)`` instead, which assigns the points twice (to the
@@ -117,7 +127,7 @@ def fit_sklearn(points, n_components, seed, reg_covar, lloyd='assign'):
         # OpenMP reduction is erratic on a loaded 2-core machine.
         labels = metrics.pairwise.euclidean_distances(
             points, centers).argmin(axis=1)
-    resp = numpy.zeros((points.shape[0], n_components))
+    resp = numpy.zeros((points.shape[0], n_components), points.dtype)
     resp[numpy.arange(points.shape[0]), labels] = 1
     nk, means, variances = _gaussian_mixture._estimate_gaussian_parameters(
         points, resp, reg_covar, 'diag')
@@ -302,8 +312,9 @@ def main(argv=None):
     parser.add_argument('--repeats', type=int, default=5,
                         help='timed fits per row, after one warm-up')
     parser.add_argument('--dtype', choices=('float32', 'float64', 'both'),
-                        default='float32',
-                        help='our precision (scikit-learn: always float64)')
+                        default='both',
+                        help='our precision (scikit-learn runs in float64 '
+                             'and in these)')
     parser.add_argument('--points', type=int, nargs='+',
                         default=[4096, 8192], help='m')
     parser.add_argument('--dims', type=int, nargs='+', default=[196, 448],
@@ -340,6 +351,8 @@ def main(argv=None):
     timer = _CUDATimer(cupy) if cupy is not None else _CPUTimer()
     dtypes = (['float32', 'float64'] if args.dtype == 'both'
               else [args.dtype])
+    sk_dtypes = [] if args.skip_sklearn else sorted(set(dtypes)
+                                                    | {'float64'})
 
     limits = None
     if args.threads:
@@ -350,8 +363,8 @@ def main(argv=None):
         reference = 'no scikit-learn'
     else:
         import sklearn
-        reference = 'scikit-learn {} float64 on CPU (Lloyd: {})'.format(
-            sklearn.__version__, args.sklearn_lloyd)
+        reference = 'scikit-learn {} in {} on CPU (Lloyd: {})'.format(
+            sklearn.__version__, '/'.join(sk_dtypes), args.sklearn_lloyd)
     print('bench_gmm: ours on {} ({}), {}; python {}, numpy {}, {} CPU '
           'cores'.format(args.device, '/'.join(dtypes), reference,
                          platform.python_version(), numpy.__version__,
@@ -363,6 +376,9 @@ def main(argv=None):
             'C kernels (mn_chainer.cpu_kernels, {} threads)'.format(
                 cpu_kernels.n_threads()) if cpu_kernels.available() else
             'NumPy (C kernels not built or MN_CHAINER_CPU_KERNELS=0)'))
+    for t in sk_dtypes:
+        print('scikit-learn given {} points ran in {}'.format(
+            t, _sklearn_precision(t, args.reg_covar)))
     print('time: median of {} fits after a warm-up; kmeans_iters={} '
           'em_iters=1 sample_ratio=1 min_weight=0 reg_covar={:g}'.format(
               args.repeats, kmeans_iters, args.reg_covar))
@@ -370,19 +386,24 @@ def main(argv=None):
           'averaged over the fits of seeds 0..{}{}\n'.format(
               max(args.repeats, args.ll_seeds) - 1,
               '' if args.skip_sklearn else
-              '; ΔLL: ours - sklearn with its standard error'))
+              '; ΔLL: ours - sklearn float64 with its standard error'))
 
+    comparisons = _comparisons(dtypes, sk_dtypes)
     header = ['m', 'd', 'K']
     header += ['ours {} ms'.format(t) for t in dtypes]
     header += ['+posterior ms']
-    header += ['LL ours {}'.format(t) for t in dtypes]
-    if not args.skip_sklearn:
-        header += ['sklearn ms']
-        header += ['speed-up {}'.format(t) for t in dtypes]
+    header += ['sklearn {} ms'.format(t) for t in sk_dtypes]
+    header += [name for name, _, _ in comparisons]
+    if sk_dtypes:
         header += ['speed-up +posterior']
-        header += ['LL sklearn', 'ΔLL ({}) ± SE'.format(dtypes[0])]
-    rows, speedups, deltas = [], {t: [] for t in dtypes}, []
+    header += ['LL ours {}'.format(t) for t in dtypes]
+    header += ['LL sklearn {}'.format(t) for t in sk_dtypes]
+    if sk_dtypes:
+        header += ['ΔLL {} ± SE'.format(t) for t in dtypes]
+    rows = []
+    speedups = {name: [] for name, _, _ in comparisons}
     speedups['+posterior'] = []
+    deltas = {t: [] for t in dtypes}
     if not args.markdown:
         print(_text_row(header, header), flush=True)
     for m in args.points:
@@ -397,74 +418,121 @@ def main(argv=None):
                 return float(model.score(points64))
 
             for k in args.components:
-                sides = []
+                sides = {}
                 for t in dtypes:
-                    x = xp.asarray(points64.astype(t))
-                    sides.append(_Side(
-                        functools.partial(fit_ours, x, k,
+                    sides[('ours', t)] = _Side(
+                        functools.partial(fit_ours,
+                                          xp.asarray(points64.astype(t)), k,
                                           reg_covar=args.reg_covar,
                                           kmeans_iters=kmeans_iters),
-                        timer, ours_ll, prepare=xp.random.RandomState))
+                        timer, ours_ll, prepare=xp.random.RandomState)
                 # The same fit returning the posterior of every point (one
                 # more E-step pass, as Mixture Normalization uses it).
-                sides.append(_Side(
+                sides['+posterior'] = _Side(
                     functools.partial(fit_ours, xp.asarray(points64.astype(
                         dtypes[0])), k, reg_covar=args.reg_covar,
                         kmeans_iters=kmeans_iters, return_posterior=True),
-                    timer, None, prepare=xp.random.RandomState))
-                if not args.skip_sklearn:
-                    sides.append(_Side(
-                        lambda seed, k=k: fit_sklearn(
-                            points64, k, seed, args.reg_covar,
-                            args.sklearn_lloyd),
-                        _CPUTimer(), sklearn_ll))
-                results = _run(sides, args.repeats, args.ll_seeds)
-                ours = dict(zip(dtypes, results))
+                    timer, None, prepare=xp.random.RandomState)
+                for t in sk_dtypes:
+                    sides[('sklearn', t)] = _Side(
+                        functools.partial(
+                            fit_sklearn, points64.astype(t), k,
+                            reg_covar=args.reg_covar,
+                            lloyd=args.sklearn_lloyd),
+                        _CPUTimer(), sklearn_ll)
+                results = dict(zip(sides, _run(list(sides.values()),
+                                               args.repeats, args.ll_seeds)))
+                ms = {key: r[0] for key, r in results.items()}
                 row = [m, d, k]
-                post_ms = results[len(dtypes)][0]
-                row += ['{:.2f}'.format(ours[t][0]) for t in dtypes]
-                row += ['{:.2f}'.format(post_ms)]
-                row += ['{:.3f}'.format(statistics.mean(ours[t][1]))
+                row += ['{:.2f}'.format(ms['ours', t]) for t in dtypes]
+                row += ['{:.2f}'.format(ms['+posterior'])]
+                row += ['{:.2f}'.format(ms['sklearn', t]) for t in sk_dtypes]
+                for name, ours_t, sk_t in comparisons:
+                    speedups[name].append(ms['sklearn', sk_t]
+                                          / ms['ours', ours_t])
+                    row.append('{:.1f}x'.format(speedups[name][-1]))
+                if sk_dtypes:
+                    speedups['+posterior'].append(ms['sklearn', 'float64']
+                                                  / ms['+posterior'])
+                    row.append('{:.1f}x'.format(speedups['+posterior'][-1]))
+                row += ['{:.3f}'.format(statistics.mean(results['ours', t][1]))
                         for t in dtypes]
-                if not args.skip_sklearn:
-                    sk_ms, sk_lls = results[-1]
-                    row += ['{:.2f}'.format(sk_ms)]
-                    for t in dtypes:
-                        speedups[t].append(sk_ms / ours[t][0])
-                        row.append('{:.1f}x'.format(sk_ms / ours[t][0]))
-                    speedups['+posterior'].append(sk_ms / post_ms)
-                    row.append('{:.1f}x'.format(sk_ms / post_ms))
-                    row += ['{:.3f}'.format(statistics.mean(sk_lls))]
-                    (m_o, se_o), (m_s, se_s) = map(
-                        _mean_se, (ours[dtypes[0]][1], sk_lls))
-                    deltas.append((m_o - m_s, math.hypot(se_o, se_s)))
-                    row += ['{:+.2f} ± {:.2f}'.format(*deltas[-1])]
+                row += ['{:.3f}'.format(statistics.mean(
+                    results['sklearn', t][1])) for t in sk_dtypes]
+                for t in dtypes if sk_dtypes else ():
+                    (m_o, se_o), (m_s, se_s) = map(_mean_se, (
+                        results['ours', t][1],
+                        results['sklearn', 'float64'][1]))
+                    deltas[t].append((m_o - m_s, math.hypot(se_o, se_s)))
+                    row.append('{:+.2f} ± {:.2f}'.format(*deltas[t][-1]))
                 rows.append(row)
                 if not args.markdown:
                     print(_text_row(row, header), flush=True)
     if args.markdown:
         print(_markdown(rows, header))
 
-    if not args.skip_sklearn:
+    if sk_dtypes:
         print()
-        for t in dtypes + ['+posterior']:
-            s = speedups[t]
-            print('speed-up ours {} vs sklearn float64: min {:.1f}x, '
-                  'geometric mean {:.1f}x, max {:.1f}x{}'.format(
-                      t if t in dtypes else dtypes[0] + ' ' + t, min(s),
-                      math.exp(statistics.mean(map(math.log, s))), max(s),
-                      ' (goal >= 5x)' if t in dtypes else ''))
-        mean_delta = statistics.mean(dl for dl, _ in deltas)
-        se_delta = math.sqrt(sum(se ** 2 for _, se in deltas)) / len(deltas)
-        print('log-likelihood ours {} - sklearn, mean over rows: {:+.3f} '
-              '± {:.3f} (1 SE) per point; {}'.format(
-                  dtypes[0], mean_delta, se_delta,
-                  'equal or better (within 2 SE)'
-                  if mean_delta >= -2 * se_delta else 'WORSE'))
+        for name, ours_t, sk_t in comparisons:
+            _print_speedups('ours {} vs sklearn {}'.format(ours_t, sk_t),
+                            speedups[name], _GOALS.get((ours_t, sk_t), ''))
+        _print_speedups('ours {} +posterior vs sklearn float64'.format(
+            dtypes[0]), speedups['+posterior'], '')
+        for t in dtypes:
+            mean_delta = statistics.mean(dl for dl, _ in deltas[t])
+            se_delta = (math.sqrt(sum(se ** 2 for _, se in deltas[t]))
+                        / len(deltas[t]))
+            print('log-likelihood ours {} - sklearn float64, mean over rows: '
+                  '{:+.3f} ± {:.3f} (1 SE) per point; {}'.format(
+                      t, mean_delta, se_delta,
+                      'equal or better (within 2 SE)'
+                      if mean_delta >= -2 * se_delta else 'WORSE'))
     if cupy is not None:
         _gpu_goal(cupy, args)
     if limits is not None:
         limits.restore_original_limits()
+
+
+#: The speed goals of the issues, by (ours, scikit-learn) precision.
+_GOALS = {
+    ('float32', 'float64'): ' (issue 14 goal: geometric mean >= 5x; '
+                            'issue 19: >= 8x)',
+    ('float64', 'float64'): ' (equal precision; issue 19 goal: >= 5x on '
+                            'every row)',
+    ('float32', 'float32'): ' (equal precision; issue 19 goal: >= 5x on '
+                            'every row)',
+}
+
+
+def _comparisons(dtypes, sk_dtypes):
+    """``(column name, ours dtype, scikit-learn dtype)`` of the speed-up
+    columns: ours float32 against scikit-learn float64, then each of our
+    dtypes against scikit-learn in the same."""
+    out = []
+    if 'float32' in dtypes and 'float64' in sk_dtypes:
+        out.append(('f32 vs sk f64', 'float32', 'float64'))
+    for t in dtypes:
+        if t in sk_dtypes:
+            short = 'f' + t[len('float'):]
+            out.append(('{0} vs sk {0}'.format(short), t, t))
+    return out
+
+
+def _print_speedups(name, values, goal):
+    print('speed-up {}: min {:.1f}x, geometric mean {:.1f}x, max {:.1f}x{}'
+          .format(name, min(values),
+                  math.exp(statistics.mean(map(math.log, values))),
+                  max(values), goal))
+
+
+def _sklearn_precision(dtype, reg_covar):
+    """What scikit-learn's fit ran in, read from a small fit in ``dtype``:
+    the dtypes of its fitted means, covariances and posterior."""
+    points = make_activations(256, 8, 0).astype(dtype)
+    model = fit_sklearn(points, 2, 0, reg_covar)
+    found = sorted({str(a.dtype) for a in (
+        model.means_, model.covariances_, model.predict_proba(points))})
+    return '/'.join(found) + ' (its fitted means, covariances and posterior)'
 
 
 if __name__ == '__main__':
