@@ -351,13 +351,30 @@ def gaussian_densities(x, weights, means, variances):
         2 * numpy.pi * var)
 
 
-def plot_mixture(mixtures, layer, path, n_channels=4, seed=0, title=None):
+def select_fractions(fractions, n):
+    """At most ``n`` of the dumped fractions of training, evenly spread.
+
+    With more dumps than ``n`` (a run dumping every epoch), the ones
+    nearest to ``1/n, 2/n, ..., 1`` of the last dump are kept: the paper's
+    20/40/60/80/100% for ``n = 5``.
+    """
+    fractions = sorted(fractions)
+    if len(fractions) <= n:
+        return fractions
+    chosen = {min(fractions, key=lambda f: abs(f - fractions[-1] * k / n))
+              for k in range(1, n + 1)}
+    return sorted(chosen)
+
+
+def plot_mixture(mixtures, layer, path, n_channels=4, seed=0, title=None,
+                 columns=5):
     """Mixture evolution of one MN layer (paper Fig. 8).
 
-    One column per dumped fraction of training; one row per channel of a
-    random subset (``n_channels`` channels drawn with ``seed``) showing the
-    weighted component densities (thin) and the mixture density (thick);
-    a last row with the component weights.
+    One column per dumped fraction of training (at most ``columns``, see
+    :func:`select_fractions`); one row per channel of a random subset
+    (``n_channels`` channels drawn with ``seed``) showing the weighted
+    component densities (thin) and the mixture density (thick); a last row
+    with the component weights.
 
     Args:
         mixtures (dict): As returned by :func:`load_mixtures`.
@@ -366,6 +383,7 @@ def plot_mixture(mixtures, layer, path, n_channels=4, seed=0, title=None):
         n_channels (int): Channels to draw.
         seed (int): Seed of the channel choice.
         title (str or None): Figure title.
+        columns (int): Most dumps to draw.
 
     Returns:
         str: ``path``.
@@ -375,7 +393,7 @@ def plot_mixture(mixtures, layer, path, n_channels=4, seed=0, title=None):
         raise ValueError('no mixtures of layer {!r}; layers: {}'.format(
             layer, ', '.join(sorted(mixtures)) or 'none'))
     snapshots = mixtures[layer]
-    fractions = sorted(snapshots)
+    fractions = select_fractions(snapshots, columns)
     n_total = snapshots[fractions[0]]['means'].shape[1]
     rng = numpy.random.RandomState(seed)
     channels = numpy.sort(rng.choice(
@@ -488,6 +506,9 @@ def _parser():
                    help='layer name (default: the only layer dumped)')
     p.add_argument('--channels', type=int, default=4,
                    help='number of random channels to draw')
+    p.add_argument('--columns', type=mn_chainer.cli.positive(int),
+                   default=5, help='most dumps to draw, evenly spread '
+                   '(default 5: 20/40/60/80/100%%)')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--title', default=None)
     p.add_argument('-o', '--out', default=None,
@@ -523,7 +544,8 @@ def _main(argv):
         out = args.out or 'mixture_{}.png'.format(
             layer.strip('/').replace('/', '_'))
         path = plot_mixture(mixtures, layer, out, n_channels=args.channels,
-                            seed=args.seed, title=args.title)
+                            seed=args.seed, title=args.title,
+                            columns=args.columns)
     print('wrote {}'.format(path))
     return 0
 

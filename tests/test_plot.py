@@ -194,3 +194,31 @@ def test_missing_mixture_dump_says_how_to_write_it(tmp_path, capsys):
         plot.main(['mixture', str(tmp_path)])
     assert info.value.code == 1
     assert '--dump-mixtures' in capsys.readouterr().err
+
+
+def test_select_fractions():
+    every_epoch = [e / 50 for e in range(1, 51)]
+    assert plot.select_fractions(every_epoch, 5) == [0.2, 0.4, 0.6, 0.8, 1.0]
+    assert plot.select_fractions([1 / 3, 2 / 3, 1.0], 5) == [
+        1 / 3, 2 / 3, 1.0]
+    assert plot.select_fractions([0.1, 0.15, 0.5, 0.55, 1.0], 2) == [
+        0.5, 1.0]
+
+
+def test_mixture_png_of_many_dumps(tmp_path):
+    records = {}
+    rng = numpy.random.RandomState(0)
+    for e in range(1, 21):
+        key = 'conv3/{:g}/'.format(e / 20)
+        records[key + 'weights'] = numpy.array([0.5, 0.5], numpy.float32)
+        records[key + 'means'] = rng.randn(2, 3).astype(numpy.float32)
+        records[key + 'variances'] = numpy.ones((2, 3), numpy.float32)
+    numpy.savez(str(tmp_path / 'mixtures.npz'), **records)
+    out = tmp_path / 'fig8.png'
+    assert plot.main(['mixture', str(tmp_path), '-o', str(out),
+                      '--columns', '4']) == 0
+    import PIL.Image
+    with PIL.Image.open(str(out)) as image:
+        width = image.size[0]
+    # 4 columns of 2.6 inches (+ 0.6) at 100 dpi, not 20.
+    assert width < 100 * (2.6 * 5 + 0.6)
