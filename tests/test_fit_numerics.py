@@ -3,9 +3,10 @@
 
 Every test runs on both CPU paths: the C kernels of
 :mod:`mn_chainer.cpu_kernels` and the NumPy passes
-(``MN_CHAINER_CPU_KERNELS=0``); the CUDA E-step is checked on the same kind
-of data in ``test_kernels.py`` (CPU emulation of the CUDA sources), and the
-CuPy passes' M-step here, with NumPy stand-ins for the kernels.  The
+(``MN_CHAINER_CPU_KERNELS=0``); the fits also run on CuPy where a GPU is
+present.  Without one, the CUDA E-step is checked on the same kind of data
+in ``test_kernels.py`` (CPU emulation of the CUDA sources), and the CuPy
+passes' M-step here, with a NumPy stand-in for the kernel.  The
 references (:mod:`mixture_reference`) are float64 direct differences and
 two-pass variances.  The data: rectified sparse activations (exact zeros,
 channels where a mode is all zero: components with the variance
@@ -22,17 +23,50 @@ from mn_chainer import gmm
 import mixture_reference
 
 
-@pytest.fixture(params=['c', 'array'])
-def path(request, monkeypatch):
-    """The CPU path under test: the C kernels (skipped where they are not
-    built) or the NumPy passes."""
-    if request.param == 'c':
+def _select_cpu_path(name, monkeypatch):
+    if name == 'c':
         if not cpu_kernels.available():
             pytest.skip('the C kernels are not built')
         monkeypatch.delenv('MN_CHAINER_CPU_KERNELS', raising=False)
     else:
         monkeypatch.setenv('MN_CHAINER_CPU_KERNELS', '0')
-    return request.param
+    return name
+
+
+@pytest.fixture(params=['c', 'array'])
+def path(request, monkeypatch):
+    """The CPU path under test: the C kernels (skipped where they are not
+    built) or the NumPy passes."""
+    return _select_cpu_path(request.param, monkeypatch)
+
+
+@pytest.fixture(params=[
+    'c', 'array', pytest.param('cupy', marks=pytest.mark.gpu)])
+def xp(request, monkeypatch):
+    """The array module of a fit: NumPy through the C kernels and through
+    the NumPy passes, and CuPy (skipped without a GPU)."""
+    if request.param != 'cupy':
+        _select_cpu_path(request.param, monkeypatch)
+        return numpy
+    cupy = pytest.importorskip('cupy')
+    try:
+        if cupy.cuda.runtime.getDeviceCount() == 0:
+            pytest.skip('no CUDA GPU')
+    except Exception as e:  # no driver, no device, ...
+        pytest.skip('no usable CUDA GPU: {}'.format(e))
+    return cupy
+
+
+def _host(a):
+    return a if isinstance(a, numpy.ndarray) else a.get()
+
+
+def _fit(xp, points, *args, **kwargs):
+    """``fit_gmm`` on ``xp``; the mixture and posterior on the host."""
+    out = gmm.fit_gmm(xp.asarray(points), *args, **kwargs)
+    if kwargs.get('return_posterior'):
+        return gmm.Mixture(*map(_host, out[0])), _host(out[1])
+    return gmm.Mixture(*map(_host, out))
 
 
 def _float64(mixture):
@@ -45,7 +79,7 @@ def _float64(mixture):
 
 @pytest.mark.parametrize('scale', [10.0, 1.0])
 @pytest.mark.parametrize('seed', [1, 3])
-def test_fit_posterior_on_rectified_activations(path, scale, seed):
+def test_fit_posterior_on_rectified_activations(xp, scale, seed):
     """The issue's recipe: 4,096 points, d = 64, two modes rectified at
     their 70% quantile, K = 3, one K-means and one EM iteration.  The
     fit's posterior and :func:`gmm.posterior` are within 1e-4 of the
@@ -54,27 +88,29 @@ def test_fit_posterior_on_rectified_activations(path, scale, seed):
     component for every point."""
     points = mixture_reference.rectified_modes(
         scale=scale, seed=seed).astype(numpy.float32)
-    mixture, tau = gmm.fit_gmm(points, 3, kmeans_iters=1, em_iters=1, rng=0,
-                               return_posterior=True)
+    mixture, tau = _fit(xp, points, 3, kmeans_iters=1, em_iters=1, rng=0,
+                        return_posterior=True)
     assert (mixture.variances < 1.1e-6).any()  # dead channels: the premise
     expected = mixture_reference.posterior(points, mixture)
     numpy.testing.assert_allclose(tau, expected, atol=1e-4)
-    numpy.testing.assert_allclose(gmm.posterior(points, mixture), expected,
-                                  atol=1e-4)
+    numpy.testing.assert_allclose(
+        _host(gmm.posterior(xp.asarray(points),
+                            gmm.Mixture(*map(xp.asarray, mixture)))),
+        expected, atol=1e-4)
     numpy.testing.assert_array_equal(tau.argmax(axis=1),
                                      expected.argmax(axis=1))
 
 
 @pytest.mark.parametrize('scale', [10.0, 1.0])
 @pytest.mark.parametrize('seed', [1, 3])
-def test_fit_log_likelihood_equals_float64_fit(path, scale, seed):
+def test_fit_log_likelihood_equals_float64_fit(xp, scale, seed):
     """The float32 fit gives the float64 fit's mixture (same seed) on
     rectified activations: its log-likelihood (in float64 on the same
     points) is the same to 1e-4 relative (-176.4 against -174.9 before on
     the first of these), and so are the weights."""
     points = mixture_reference.rectified_modes(scale=scale, seed=seed)
     points = points.astype(numpy.float32).astype(numpy.float64)
-    fits = [gmm.fit_gmm(points.astype(dtype), 3, rng=seed, min_weight=0)
+    fits = [_fit(xp, points.astype(dtype), 3, rng=seed, min_weight=0)
             for dtype in (numpy.float32, numpy.float64)]
     lls = [mixture_reference.log_likelihood(points, f) for f in fits]
     numpy.testing.assert_allclose(lls[0], lls[1], rtol=1e-4)
@@ -145,15 +181,15 @@ def test_cuda_passes_m_step(monkeypatch):
 
 @pytest.mark.parametrize('offset, m, rtol', [(1e5, 131072, 1e-4),
                                              (1e6, 200000, 1e-3)])
-def test_far_from_zero_fit_equals_float64(path, offset, m, rtol):
+def test_far_from_zero_fit_equals_float64(xp, offset, m, rtol):
     """Two unit-variance modes 6 sd apart at 1e5 (1e6) from zero: the
     float32 fit's weights and variances are those of the float64 fit of
     the same (float32) points (they were 2e-3..6e-3 off at 1e5, and the
     modes merged at 1e6 on the C path)."""
     points, labels = mixture_reference.offset_modes(m, offset=offset)
     points = points.astype(numpy.float32)
-    ours = gmm.fit_gmm(points, 2, rng=0)
-    ref = gmm.fit_gmm(points.astype(numpy.float64), 2, rng=0)
+    ours = _fit(xp, points, 2, rng=0)
+    ref = _fit(xp, points.astype(numpy.float64), 2, rng=0)
     assert ours.n_components == ref.n_components == 2
     order = numpy.argsort(ours.means[:, 0]), numpy.argsort(ref.means[:, 0])
     numpy.testing.assert_allclose(ours.weights[order[0]],
@@ -181,14 +217,14 @@ def _huge_points(spread, m=600, d=5):
 
 
 @pytest.mark.parametrize('spread', [1e15, 3e18])
-def test_huge_points_fit_equals_float64(path, spread):
+def test_huge_points_fit_equals_float64(xp, spread):
     """Points spread over up to ~2e19 (their squares overflow float32):
     the fit rescales them by a power of two and returns the float64 fit's
     mixture and posterior, finite (they were NaN/Inf)."""
     points = _huge_points(spread)
-    mixture, tau = gmm.fit_gmm(points, 2, rng=0, return_posterior=True)
-    ref, ref_tau = gmm.fit_gmm(points.astype(numpy.float64), 2, rng=0,
-                               return_posterior=True)
+    mixture, tau = _fit(xp, points, 2, rng=0, return_posterior=True)
+    ref, ref_tau = _fit(xp, points.astype(numpy.float64), 2, rng=0,
+                        return_posterior=True)
     for a in list(mixture) + [tau]:
         assert a.dtype == numpy.float32 and numpy.isfinite(a).all()
     numpy.testing.assert_allclose(mixture.weights, ref.weights, rtol=1e-5)
@@ -197,12 +233,12 @@ def test_huge_points_fit_equals_float64(path, spread):
     numpy.testing.assert_allclose(mixture.variances, ref.variances,
                                   rtol=1e-3)
     numpy.testing.assert_allclose(tau, ref_tau, atol=1e-4)
-    numpy.testing.assert_allclose(gmm.posterior(points, mixture),
-                                  mixture_reference.posterior(points,
-                                                              mixture),
-                                  atol=1e-4)
+    on_xp = gmm.Mixture(*map(xp.asarray, mixture))
     numpy.testing.assert_allclose(
-        gmm.log_likelihood(points, mixture),
+        _host(gmm.posterior(xp.asarray(points), on_xp)),
+        mixture_reference.posterior(points, mixture), atol=1e-4)
+    numpy.testing.assert_allclose(
+        gmm.log_likelihood(xp.asarray(points), on_xp),
         mixture_reference.log_likelihood(points, mixture), rtol=1e-5)
 
 
@@ -229,21 +265,21 @@ def test_rescaled_fit_is_the_fit_scaled(path):
     numpy.testing.assert_allclose(scaled_tau, tau, atol=1e-4)
 
 
-def test_points_beyond_float32_variances_raise(path):
+def test_points_beyond_float32_variances_raise(xp):
     """Points spread over 1e20 have variances beyond float32's range: a
     clear error, never a silent Inf."""
-    points = _huge_points(1e20)
+    points = xp.asarray(_huge_points(1e20))
     with pytest.raises(gmm.NonFiniteError, match='float32.*float64'):
         gmm.fit_gmm(points, 2, rng=0)
     assert isinstance(gmm.NonFiniteError('x'), ValueError)
 
 
 @pytest.mark.parametrize('bad', [numpy.nan, numpy.inf])
-def test_non_finite_points_raise_the_dedicated_error(path, bad):
+def test_non_finite_points_raise_the_dedicated_error(xp, bad):
     points = _huge_points(1.0)
     points[7, 3] = bad
-    mixture = gmm.Mixture(numpy.ones(2) / 2, numpy.zeros((2, 5)),
-                          numpy.ones((2, 5)))
+    points = xp.asarray(points)
+    mixture = gmm.Mixture(xp.ones(2) / 2, xp.zeros((2, 5)), xp.ones((2, 5)))
     for call in (lambda: gmm.fit_gmm(points, 2),
                  lambda: gmm.posterior(points, mixture),
                  lambda: gmm.posterior(points, mixture, check_finite=False),
