@@ -267,3 +267,77 @@ def test_download_path_uses_chainer_getter(monkeypatch):
     assert x_train.dtype == numpy.uint8
     numpy.testing.assert_array_equal(x_train, raw)
     numpy.testing.assert_array_equal(y_test, labels)
+
+
+def test_empty_and_corrupt_files_name_the_file(tmp_path):
+    empty = tmp_path / 'empty.npz'
+    empty.write_bytes(b'')
+    with pytest.raises(ValueError, match='empty.npz is empty'):
+        datasets.load_npz(str(empty))
+    path = _save(tmp_path, **_arrays())
+    with open(path, 'rb') as f:
+        content = bytearray(f.read())
+    # Flip bytes inside the first member: the zip directory still reads,
+    # the member's CRC does not match.
+    content[200:204] = bytes(255 - b for b in content[200:204])
+    corrupt = tmp_path / 'corrupt.npz'
+    corrupt.write_bytes(bytes(content))
+    with pytest.raises(ValueError, match=r'corrupt.npz is truncated or '
+                       r'corrupt: its array x_train cannot be read'):
+        datasets.load_npz(str(corrupt))
+    torn = tmp_path / 'torn.npz'
+    torn.write_bytes(bytes(content[:len(content) // 2]))
+    with pytest.raises(ValueError, match='torn.npz'):
+        datasets.load_npz(str(torn))
+
+
+@pytest.mark.parametrize('train_subset,test_subset,split,message', [
+    (41, None, 'train', 'a subset of 41 images exceeds the 40 training '
+     'images of'),
+    (None, 21, 'test', 'a subset of 21 images exceeds the 20 test images'),
+])
+def test_subset_larger_than_the_split(tmp_path, train_subset, test_subset,
+                                      split, message):
+    path = _save(tmp_path, **_arrays())
+    with pytest.raises(datasets.SubsetSizeError, match=message) as info:
+        datasets.get_cifar('cifar10', path, train_subset, test_subset)
+    assert info.value.split == split
+    assert isinstance(info.value, ValueError)
+
+
+def test_augmentation_seed_per_worker():
+    assert datasets.augmentation_seed(7) == datasets.augmentation_seed(7, 0)
+    assert datasets.augmentation_seed(7) == 7
+    seeds = {datasets.augmentation_seed(s, r) for s in (0, 1, 7)
+             for r in range(4)}
+    assert len(seeds) == 12
+    assert datasets.augmentation_seed(7, 1) == datasets.augmentation_seed(
+        7, 1)
+    datasets.seed_augmentation(7, 2)
+    first = random.random()
+    random.seed(datasets.augmentation_seed(7, 2))
+    assert random.random() == first
+
+
+def test_transform_sent_to_another_process_keeps_its_seeding():
+    """ChainerMN's scatter_dataset pickles the dataset to the other
+    workers: the copy must draw from the receiver's seeded generator, not
+    reseed from the OS as a forked iterator worker does."""
+    import pickle
+    rng = numpy.random.RandomState(0)
+    img = rng.randint(0, 256, (3, 32, 32)).astype(numpy.uint8)
+    transform = datasets.CifarTransform(numpy.zeros((3, 1, 1)),
+                                        numpy.ones((3, 1, 1)), train=True)
+    transform._pid = -1  # as if it came from another process
+    copy = pickle.loads(pickle.dumps(transform))
+    outputs = []
+    for t in (copy, copy):
+        random.seed(3)
+        outputs.append([t((img, 0))[0] for _ in range(5)])
+    for a, b in zip(*outputs):
+        numpy.testing.assert_array_equal(a, b)
+    # The original (a forked copy of another process) reseeds itself.
+    random.seed(3)
+    forked = [transform((img, 0))[0] for _ in range(5)]
+    assert any(not numpy.array_equal(a, b)
+               for a, b in zip(forked, outputs[0]))

@@ -230,3 +230,178 @@ def test_real_mixture_normalization(tmp_path):
             means, chainer.backend.CpuDevice().send(link.last_mixture.means))
         assert npz['{}/1/variances'.format(name)].shape == (k_eff, CHANNELS)
         assert npz['{}/1/weights'.format(name)].shape == (k_eff,)
+
+
+# --- resumable state ---------------------------------------------------------
+
+class _FakeComm(object):
+
+    """A communicator of ``size`` workers seen from ``rank``: gathering
+    returns this worker's object and the given ones of the others."""
+
+    def __init__(self, rank, size, others=()):
+        self.rank, self.size, self._others = rank, size, list(others)
+
+    def gather_obj(self, obj):
+        return [obj] + self._others if self.rank == 0 else None
+
+
+def _streams(seed):
+    """States of Python's random, NumPy's and an own generator."""
+    import random
+    return (random.Random(seed).getstate(),
+            numpy.random.RandomState(seed).get_state(),
+            [numpy.random.RandomState(seed + 1).get_state()])
+
+
+def _draws(rng):
+    import random
+    return (random.random(), numpy.random.rand(), rng.rand())
+
+
+def test_random_states_round_trip(tmp_path):
+    import random
+    rng = numpy.random.RandomState(0)
+    ext = mn_extensions.RandomStates({'order': rng})
+    random.seed(1)
+    numpy.random.seed(2)
+    _draws(rng)
+    path = str(tmp_path / 'states.npz')
+    chainer.serializers.save_npz(path, ext)
+    expected = [_draws(rng) for _ in range(3)]
+    random.seed(5)
+    numpy.random.seed(5)
+    rng.seed(5)
+    chainer.serializers.load_npz(path, ext)
+    assert [_draws(rng) for _ in range(3)] == expected
+
+
+def test_random_states_of_every_worker(tmp_path):
+    """Worker 0 saves the states gathered from the others; each worker
+    loads its own."""
+    import random
+    rng = numpy.random.RandomState(0)
+    worker1 = _streams(11)
+    saver = mn_extensions.RandomStates(
+        {'order': rng}, comm=_FakeComm(0, 2, [worker1]))
+    path = str(tmp_path / 'states.npz')
+    with pytest.raises(RuntimeError, match='snapshot\'s trigger'):
+        chainer.serializers.save_npz(path, saver)
+    saver(None)
+    chainer.serializers.save_npz(path, saver)
+    rng1 = numpy.random.RandomState(99)
+    loader = mn_extensions.RandomStates({'order': rng1},
+                                        comm=_FakeComm(1, 2))
+    chainer.serializers.load_npz(path, loader)
+    assert random.getstate() == worker1[0]
+    expected_numpy = numpy.random.RandomState(11)
+    assert numpy.random.rand() == expected_numpy.rand()
+    assert rng1.rand() == numpy.random.RandomState(12).rand()
+    third = mn_extensions.RandomStates({'order': rng1},
+                                       comm=_FakeComm(2, 3))
+    with pytest.raises(KeyError):
+        chainer.serializers.load_npz(path, third)
+
+
+def test_run_record(tmp_path):
+    model = _FakeNet()
+    trainer = _trainer(model, tmp_path, n_epoch=1)
+    settings = {'lr': 0.01, 'mn_layers': ['conv3'], 'note': 'é'}
+    trainer.extend(mn_extensions.RunRecord(settings))
+    trainer.run()
+    path = str(tmp_path / 'snapshot')
+    chainer.serializers.save_npz(path, trainer)
+    assert mn_extensions.RunRecord.read(path) == settings
+    other = _trainer(_FakeNet(), tmp_path, n_epoch=1)
+    other.run()
+    chainer.serializers.save_npz(str(tmp_path / 'plain'), other)
+    assert mn_extensions.RunRecord.read(str(tmp_path / 'plain')) is None
+    (tmp_path / 'bad').write_bytes(b'PK\x03\x04 torn')
+    with pytest.raises(ValueError, match='bad is not a readable trainer '
+                       'snapshot'):
+        mn_extensions.RunRecord.read(str(tmp_path / 'bad'))
+
+
+def _plotting_trainer(out, n_epoch, plot_class):
+    numpy.random.seed(0)  # the same initial weights
+    model = _FakeNet()
+    trainer = _trainer(model, out, n_epoch=n_epoch, n=12)
+    trainer.extend(plot_class(['main/loss'], 'epoch', file_name='loss.png'))
+    trainer.extend(extensions.snapshot(filename='snapshot_epoch_{'
+                                       '.updater.epoch}'))
+    return trainer
+
+
+@pytest.mark.skipif(not extensions.PlotReport.available(),
+                    reason='matplotlib is not available')
+def test_plot_report_resumes_exactly(tmp_path):
+    """12 samples, batch 4: 3 updates per epoch. Chainer's own PlotReport
+    gets an extra point after a resume; the package's does not."""
+    import matplotlib
+    matplotlib.use('Agg')
+    full = _plotting_trainer(tmp_path / 'full', 2,
+                             mn_extensions.PlotReport)
+    full.run()
+    points = full.get_extension('PlotReport')._data['main/loss']
+    assert [x for x, _ in points] == [1, 2]
+    for plot_class, fine in ((mn_extensions.PlotReport, True),
+                             (extensions.PlotReport, False)):
+        out = tmp_path / plot_class.__module__
+        _plotting_trainer(out, 1, plot_class).run()
+        resumed = _plotting_trainer(out, 2, plot_class)
+        chainer.serializers.load_npz(str(out / 'snapshot_epoch_1'), resumed)
+        resumed.run()
+        got = [tuple(p) for p in
+               resumed.get_extension('PlotReport')._data['main/loss']]
+        assert (got == [tuple(p) for p in points]) == fine, got
+
+
+def _monitor_trainer(out, n_epoch, total=None):
+    model = _FakeNet()
+    with model.init_scope():
+        model.other = _FakeMN()
+    for link in (model.norm, model.other):
+        link.register_persistent('calls')  # its mixtures resume too
+    monitor = mn_extensions.MixtureMonitor(
+        model, dump_trigger=(1, 'epoch'), dump_layers=['conv3'],
+        total=total)
+    monitor._links = lambda: [('conv3', model.norm), ('conv2', model.other)]
+    trainer = _trainer(model, out, n_epoch=n_epoch)
+    trainer.extend(monitor)
+    trainer.extend(extensions.snapshot(filename='snapshot_epoch_{'
+                                       '.updater.epoch}'))
+    return trainer
+
+
+def test_mixture_dumps_every_epoch_across_a_resume(tmp_path):
+    full = _monitor_trainer(tmp_path / 'full', 4)
+    full.run()
+    with numpy.load(str(tmp_path / 'full' / 'mixtures.npz')) as npz:
+        expected = {k: npz[k] for k in npz.files}
+    numpy.testing.assert_allclose(expected['fractions'],
+                                  [0.25, 0.5, 0.75, 1])
+    assert not [k for k in expected if k.startswith('conv2/')]
+    assert int(expected['conv3/0.5/iteration']) == 4
+    # Stopped after epoch 2 of 4 and resumed.
+    part = tmp_path / 'part'
+    _monitor_trainer(part, 2, total=(4, 'epoch')).run()
+    with numpy.load(str(part / 'mixtures.npz')) as npz:
+        assert sorted(npz['fractions']) == [0.25, 0.5]
+    resumed = _monitor_trainer(part, 4)
+    chainer.serializers.load_npz(str(part / 'snapshot_epoch_2'), resumed)
+    resumed.run()
+    with numpy.load(str(part / 'mixtures.npz')) as npz:
+        assert sorted(npz.files) == sorted(expected)
+        for key in npz.files:
+            numpy.testing.assert_array_equal(npz[key], expected[key])
+    # Resumed from epoch 1 into another directory, reading the dumps of
+    # the snapshot's run: the dumps of the abandoned epochs are replaced.
+    fork = _monitor_trainer(tmp_path / 'fork', 4)
+    monitor = fork.get_extension('MixtureMonitor')
+    monitor.previous_dump = str(part / 'mixtures.npz')
+    chainer.serializers.load_npz(str(part / 'snapshot_epoch_1'), fork)
+    fork.run()
+    with numpy.load(str(tmp_path / 'fork' / 'mixtures.npz')) as npz:
+        assert sorted(npz.files) == sorted(expected)
+        for key in npz.files:
+            numpy.testing.assert_array_equal(npz[key], expected[key])
