@@ -4,8 +4,11 @@ Usage (from anywhere; needs only NumPy, CuPy and pytest, no Chainer)::
 
     python tests/gpu_harness.py [--no-bench] [extra pytest arguments]
 
-It runs ``tests/test_kernels.py`` without ``tests/conftest.py`` (so nothing
-else of the project has to be installed), then, when a GPU is present, prints
+It runs the tests of the fit that need no Chainer (``tests/test_kernels.py``,
+``tests/test_gmm.py``, ``tests/test_fit_numerics.py``: the kernels, and the
+fit on CuPy against float64 references) without ``tests/conftest.py`` (so
+nothing else of the project has to be installed; scikit-learn is optional),
+then, when a GPU is present, prints
 the device time of every kernel for the paper-sized case (m = 8192 points,
 d = 448 channels, K = 5 components) next to the same computation written
 with plain CuPy array operations.
@@ -17,13 +20,15 @@ import sys
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: The test files that need neither Chainer nor ``tests/conftest.py``.
+TEST_FILES = ('test_kernels.py', 'test_gmm.py', 'test_fit_numerics.py')
 
 
 def run_tests(extra):
     command = [sys.executable, '-m', 'pytest', '-q', '--noconftest',
                '-p', 'no:cacheprovider',
-               '-W', 'ignore::pytest.PytestUnknownMarkWarning',
-               '-rs', os.path.join(ROOT, 'tests', 'test_kernels.py')]
+               '-W', 'ignore::pytest.PytestUnknownMarkWarning', '-rs']
+    command += [os.path.join(ROOT, 'tests', name) for name in TEST_FILES]
     env = dict(os.environ)
     env['PYTHONPATH'] = os.pathsep.join(
         [ROOT] + [p for p in [env.get('PYTHONPATH')] if p])

@@ -215,13 +215,19 @@ def test_chunk_and_group_sizes():
 
 def test_imports_without_cupy_or_chainer():
     # Block CuPy and Chainer in a fresh interpreter: the module and its
-    # sources must still load, and it must not import them itself.
+    # sources must still load, and it must not import them itself; so must
+    # the fit (mn_chainer.gmm and the modules it imports), which then fits
+    # NumPy points.
     code = '\n'.join([
         'import sys',
         'for name in ("cupy", "cupy_backends", "cupyx", "chainer"):',
         '    sys.modules[name] = None',
+        'import numpy',
+        'from mn_chainer import gmm',
         'from mn_chainer import kernels',
         'assert kernels.kernel_sources()',
+        'points = numpy.random.RandomState(0).randn(50, 3)',
+        'assert gmm.fit_gmm(points, 2, rng=0).n_components == 2',
         'try:',
         '    kernels.estep_log_resp(None, None, None, None)',
         'except ImportError:',
