@@ -46,7 +46,6 @@ import mn_chainer.extensions
 from mn_chainer.extensions import FIDEvaluator
 import mn_chainer.fid
 import mn_chainer.links
-from mn_chainer import rundir
 from mn_chainer import runs
 import models.dcgan
 
@@ -89,8 +88,10 @@ RESUME_MAY_CHANGE = (
     'fid_batchsize', 'inception_weights', 'fid_stats', 'dump_mixtures',
     'dump_interval')
 
-#: The flags a resume takes from its snapshot when left out.
-_RECORDED = {key: key for key in FLAGS if key != 'n_workers'}
+#: The flags a resume takes from its snapshot when left out (the
+#: communicator is created before the snapshot is read).
+_RECORDED = runs.flag_destinations(FLAGS,
+                                   exclude=('communicator', 'n_workers'))
 
 
 class GANUpdater(training.updaters.StandardUpdater):
@@ -201,25 +202,13 @@ def sample_grid(gen, rows, cols, seed, out, dirname='preview'):
     return make_image
 
 
-def _ch(text):
-    value = cli.positive(int)(text)
-    if value % 8:
-        raise argparse.ArgumentTypeError(
-            'must be a multiple of 8 (three deconvolutions halve it), got '
-            '{}'.format(text))
-    return value
+#: argparse type of --ch: the three deconvolutions halve it.
+_CH = cli.checked(int, lambda value: value > 0 and value % 8 == 0,
+                  'must be a positive multiple of 8')
 
-
-def _beta(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            'expected a number in [0, 1), got {!r}'.format(text))
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(
-            'must be in [0, 1), got {}'.format(text))
-    return value
+#: argparse type of --beta1.
+_BETA = cli.checked(float, lambda value: 0 <= value < 1,
+                    'must be in [0, 1)')
 
 
 def get_parser():
@@ -239,12 +228,12 @@ def get_parser():
                            DEFAULTS['iterations']))
     cli.add_option(group, '--n-hidden', '-n', aliases=('--n_hidden',),
                    type=positive, help='dimension of z (default: 100)')
-    group.add_argument('--ch', type=_ch,
+    group.add_argument('--ch', type=_CH,
                        help='widest channel count of G and D (default: '
                        '512)')
     group.add_argument('--alpha', type=cli.positive(float),
                        help='Adam alpha of both networks (default: 2e-4)')
-    group.add_argument('--beta1', type=_beta,
+    group.add_argument('--beta1', type=_BETA,
                        help='Adam beta1 of both networks (default: 0.5)')
     group.add_argument('--seed', type=int,
                        help='seed of z, shuffling, MN fits and the subset '
@@ -254,17 +243,7 @@ def get_parser():
     group.add_argument('--mn', nargs='*', metavar='LAYER',
                        help='use MN in the generator; without names, at the '
                        'paper\'s layers (norm1 norm2 = "paper")')
-    cli.add_option(group, '--n-components', aliases=('--n_components',),
-                   type=positive, metavar='K',
-                   help='mixture components K (default: 3)')
-    cli.add_option(group, '--em-iter', aliases=('--em_iter',),
-                   type=positive, metavar='N',
-                   help='the paper\'s "EM iter." (K-means + EM; default: '
-                   '2)')
-    group.add_argument('--dump-mixtures', type=cli.name_list,
-                       metavar='LAYERS',
-                       help='write the mixtures of these MN layers into '
-                       '<out>/mixtures.npz (paper Fig. 8)')
+    runs.add_mixture_options(group)
     group.add_argument('--dump-interval', type=positive, metavar='N',
                        help='iterations between two dumps (default: the '
                        'display interval)')
@@ -304,23 +283,7 @@ def get_parser():
                    help='batch size of FID feature extraction (default: '
                    '100)')
 
-    group = parser.add_argument_group('run')
-    group.add_argument('--out', '-o',
-                       help='run directory (default: the directory of '
-                       '--resume, else result/dcgan)')
-    group.add_argument('--resume', '-r', metavar='SNAPSHOT',
-                       help='snapshot to resume from, or a run directory '
-                       '(its latest snapshot)')
-    group.add_argument('--overwrite', action='store_true',
-                       help='move a run found in --out aside to '
-                       '<out>.old<N> (nothing is deleted)')
-    group.add_argument('--device', '-d',
-                       help='-1 or @numpy (CPU), 0 or @cupy:0 (GPU 0), ... '
-                       '(default: -1)')
-    group.add_argument('--communicator',
-                       help='ChainerMN communicator (e.g. naive, '
-                       'pure_nccl): data-parallel training under mpiexec, '
-                       'MN fitted over the global batch')
+    group = runs.add_run_options(parser, 'result/dcgan')
     cli.add_option(group, '--snapshot-interval',
                    aliases=('--snapshot_interval',), type=positive,
                    metavar='N', help='iterations between trainer snapshots '
@@ -333,7 +296,6 @@ def get_parser():
                    aliases=('--sample_interval',), type=positive,
                    metavar='N', help='iterations between sample grids '
                    '(default: the snapshot interval)')
-    cli.add_debug_flag(group)
     return parser
 
 
@@ -398,18 +360,10 @@ def main(argv=None):
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    comm = None if args.communicator is None else cli.create_communicator(
-        args.communicator)
+    settings, recorded, changes, comm = runs.prepare(
+        args, PROG, _RECORDED, FLAGS, RESUME_MAY_CHANGE,
+        lambda args, recorded: resolve_settings(args), 'result/dcgan')
     rank = 0 if comm is None else comm.rank
-    recorded = runs.recorded_settings(args, _RECORDED, PROG)
-    settings = resolve_settings(args)
-    settings.update(program=PROG, n_workers=1 if comm is None else comm.size)
-    changes = {} if recorded is None else runs.resume_changes(
-        settings, recorded, RESUME_MAY_CHANGE, FLAGS)
-    settings['out'] = args.out or (
-        os.path.dirname(args.resume) if args.resume else 'result/dcgan')
-    cli.on_main_worker(comm, lambda: rundir.check(
-        settings['out'], args.resume, args.overwrite))
     device = cli.worker_device(settings['device'], comm)
     if not rank == 0:
         sys.stdout = open(os.devnull, 'w')  # worker 0 prints
@@ -449,18 +403,9 @@ def main(argv=None):
                         settings['n_workers'])
     trainer = _build_trainer(settings, gen, dis, x_train, device, comm,
                              dump_layers)
-    lock, moved = runs.start(trainer, settings, recorded, changes, argv,
-                             args.overwrite, comm)
-    try:
-        if rank == 0:
-            _print_header(device, settings, comm, moved)
-        trainer.run(show_loop_exception_msg=cli.debug_requested(argv))
-    finally:
-        if lock is not None:
-            lock.release()
-    if rank != 0:
-        return []
-    return list(trainer.get_extension('LogReport').log)
+    return runs.train(trainer, settings, recorded, changes, argv,
+                      args.overwrite, comm, lambda moved: _print_header(
+                          device, settings, comm, moved))
 
 
 def _build_trainer(settings, gen, dis, x_train, device, comm, dump_layers):
@@ -512,17 +457,10 @@ def _extend_rank0(trainer, settings, gen, x_train, device, dump_layers):
                                          'iteration'))
             report_keys.append('FID')
     if settings['mn']:
-        dump = {}
-        if dump_layers:
-            previous = None
-            if settings['resume'] is not None:
-                previous = os.path.join(os.path.dirname(settings['resume']),
-                                        'mixtures.npz')
-            dump = dict(dump_trigger=(settings['dump_interval'],
-                                      'iteration'),
-                        dump_layers=dump_layers, previous_dump=previous)
-        trainer.extend(mn_chainer.extensions.MixtureMonitor(
-            gen, trigger=display_interval, **dump))
+        trainer.extend(runs.mixture_monitor(
+            gen, settings, dump_layers,
+            (settings['dump_interval'], 'iteration'),
+            trigger=display_interval))
     trainer.extend(extensions.LogReport(trigger=display_interval))
     trainer.extend(extensions.PrintReport(report_keys + ['elapsed_time']),
                    trigger=display_interval)
@@ -565,12 +503,8 @@ def _print_header(device, settings, comm, moved):
             ', '.join(settings['mn']), settings['n_components'],
             settings['em_iter']) if settings['mn'] else 'BN'))
     print('# training images: {}'.format(settings['n_train']))
-    if moved is not None:
-        print('# the run found in {} was moved to {}'.format(
-            settings['out'], moved))
-    if settings['resume'] is not None:
-        print('# ' + runs.describe_resume(settings, FLAGS))
-    print('')
+    for line in runs.describe_start(settings, moved, FLAGS) + ['']:
+        print(line)
 
 
 if __name__ == '__main__':

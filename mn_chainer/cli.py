@@ -177,42 +177,43 @@ def name_list(text):
     return [s for s in (t.strip() for t in text.split(',')) if s]
 
 
-def positive(convert):
-    """argparse type: ``convert(text)``, which must be positive."""
+def checked(convert, test, requirement):
+    """argparse type: ``convert(text)``, for which ``test(value)`` holds.
+
+    Args:
+        convert (callable): ``int``, ``float``, ...
+        test (callable): Value -> bool.
+        requirement (str): What ``test`` asks, for messages (``'must be
+            positive'``).
+
+    """
     def parse(text):
         try:
             value = convert(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(
-                'expected a positive {}, got {!r}'.format(
-                    _type_name(convert), text))
-        if not value > 0:
-            raise argparse.ArgumentTypeError(
-                'must be positive, got {}'.format(text))
+            raise argparse.ArgumentTypeError('expected {}, got {!r}'.format(
+                _type_name(convert), text))
+        if not test(value):
+            raise argparse.ArgumentTypeError('{}, got {}'.format(
+                requirement, text))
         return value
-    parse.__name__ = 'positive ' + _type_name(convert)
+    parse.__name__ = _type_name(convert)
     return parse
+
+
+def positive(convert):
+    """argparse type: ``convert(text)``, which must be positive."""
+    return checked(convert, lambda value: value > 0, 'must be positive')
 
 
 def non_negative(convert):
     """argparse type: ``convert(text)``, which must be >= 0."""
-    def parse(text):
-        try:
-            value = convert(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                'expected a number >= 0, got {!r}'.format(text))
-        if not value >= 0:
-            raise argparse.ArgumentTypeError(
-                'must be >= 0, got {}'.format(text))
-        return value
-    parse.__name__ = 'non-negative ' + _type_name(convert)
-    return parse
+    return checked(convert, lambda value: value >= 0, 'must be >= 0')
 
 
 def _type_name(convert):
-    return {int: 'integer', float: 'number'}.get(
-        convert, getattr(convert, '__name__', 'value'))
+    return {int: 'an integer', float: 'a number'}.get(
+        convert, getattr(convert, '__name__', 'a value'))
 
 
 def get_device(spec, flag='--device'):

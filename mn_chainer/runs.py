@@ -54,6 +54,85 @@ def snapshot_path(path):
     return path
 
 
+def add_mixture_options(group, default_prefix=''):
+    """Adds the trainers' shared Mixture Normalization options to a group.
+
+    ``--n-components`` (K, default 3) and ``--em-iter`` (the paper's "EM
+    iter.", default 2), with the old spellings ``--n_components`` and
+    ``--em_iter`` as hidden aliases, and ``--dump-mixtures LAYERS`` (paper
+    Fig. 8).
+
+    Args:
+        group: An argparse parser or argument group.
+        default_prefix (str): Text before the defaults in the help
+            (``'preset, else '``).
+
+    """
+    cli.add_option(group, '--n-components', aliases=('--n_components',),
+                   type=cli.positive(int), metavar='K',
+                   help='mixture components K (default: {}3)'.format(
+                       default_prefix))
+    cli.add_option(group, '--em-iter', aliases=('--em_iter',),
+                   type=cli.positive(int), metavar='N',
+                   help='the paper\'s "EM iter." (K-means + EM; default: '
+                   '{}2)'.format(default_prefix))
+    group.add_argument('--dump-mixtures', type=cli.name_list,
+                       metavar='LAYERS',
+                       help='write the mixtures of these MN layers into '
+                       '<out>/mixtures.npz (paper Fig. 8; mn-plot mixture '
+                       'draws it)')
+
+
+def add_run_options(parser, default_out):
+    """Adds the options of a run's directory, devices and errors.
+
+    ``--out``, ``--resume``, ``--overwrite``, ``--device``,
+    ``--communicator`` and ``--debug``, in a group ``run``.
+
+    Args:
+        parser (argparse.ArgumentParser): The trainer's parser.
+        default_out (str): The run directory of a new run by default.
+
+    Returns:
+        The argument group, for more options of the same kind.
+
+    """
+    group = parser.add_argument_group('run')
+    group.add_argument('--out', '-o',
+                       help='run directory (default: the directory of '
+                       '--resume, else {})'.format(default_out))
+    group.add_argument('--resume', '-r', metavar='SNAPSHOT',
+                       help='snapshot to resume from, or a run directory '
+                       '(its latest snapshot); flags left out take the '
+                       'snapshot\'s values')
+    group.add_argument('--overwrite', action='store_true',
+                       help='move a run found in --out aside to '
+                       '<out>.old<N> (nothing is deleted)')
+    group.add_argument('--device', '-d',
+                       help='Chainer device specifier: -1 or @numpy (CPU), '
+                       '0 or @cupy:0 (GPU 0), ... (default: -1)')
+    group.add_argument('--communicator',
+                       help='ChainerMN communicator (e.g. naive, '
+                       'pure_nccl): data-parallel training under mpiexec, '
+                       'MN fitted over the global batch')
+    cli.add_debug_flag(group)
+    return group
+
+
+def flag_destinations(flags, exclude=()):
+    """argparse destination -> settings key, for :func:`recorded_settings`.
+
+    Args:
+        flags (dict): Settings key -> its long option (``'--learnrate'``).
+        exclude (tuple of str): Settings keys a resume does not take from
+            the snapshot through their flag.
+
+    """
+    return {flag.lstrip('-').replace('-', '_'): key
+            for key, flag in flags.items()
+            if flag.startswith('--') and key not in exclude}
+
+
 def recorded_settings(args, destinations, program):
     """Reads the settings of ``args.resume``'s run into the flags left out.
 
@@ -182,6 +261,76 @@ def load_snapshot(path, trainer):
                 path, type(e).__name__, e))
 
 
+def prepare(args, program, destinations, flags, may_change, resolve,
+            default_out):
+    """Steps 1 and 2: the settings of a run, checked against its snapshot
+    and its directory, before anything is built.
+
+    Args:
+        args (argparse.Namespace): Parsed arguments (changed in place).
+        program (str): The trainer's name.
+        destinations (dict): argparse destination -> settings key of the
+            flags a resume takes from the snapshot.
+        flags (dict): Settings key -> flag, for the checks of a resume.
+        may_change (tuple of str): Settings a resume may change.
+        resolve (callable): ``resolve(args, recorded)`` -> the settings.
+        default_out (str): Run directory of a new run without ``--out``.
+
+    Returns:
+        tuple: ``(settings, recorded, changes, comm)``: the settings (with
+        ``program``, ``n_workers`` and ``out``), the snapshot's settings
+        (or None), what the resume changes and the ChainerMN communicator
+        (or None).
+
+    Raises:
+        mn_chainer.cli.CommandError: See :func:`recorded_settings`,
+            :func:`resume_changes` and :func:`mn_chainer.rundir.check`.
+
+    """
+    comm = None if args.communicator is None else cli.create_communicator(
+        args.communicator)
+    recorded = recorded_settings(args, destinations, program)
+    settings = resolve(args, recorded)
+    settings.update(program=program,
+                    n_workers=1 if comm is None else comm.size)
+    changes = {} if recorded is None else resume_changes(
+        settings, recorded, may_change, flags)
+    settings['out'] = args.out or (
+        os.path.dirname(args.resume) if args.resume else default_out)
+    cli.on_main_worker(comm, lambda: rundir.check(
+        settings['out'], args.resume, args.overwrite))
+    return settings, recorded, changes, comm
+
+
+def train(trainer, settings, recorded, changes, argv, overwrite, comm,
+          print_header):
+    """Step 3 and the training: :func:`start`, then ``trainer.run()``.
+
+    Args:
+        print_header (callable): ``print_header(moved_to)`` prints the run's
+            header on worker 0 (``moved_to``: see :func:`start`).
+        Others: as :func:`start`.
+
+    Returns:
+        list of dict: The LogReport log on worker 0, an empty list on the
+        others.
+
+    """
+    lock, moved = start(trainer, settings, recorded, changes, argv,
+                        overwrite, comm)
+    main_worker = comm is None or comm.rank == 0
+    try:
+        if main_worker:
+            print_header(moved)
+        trainer.run(show_loop_exception_msg=cli.debug_requested(argv))
+    finally:
+        if lock is not None:
+            lock.release()
+    if not main_worker:
+        return []
+    return list(trainer.get_extension('LogReport').log)
+
+
 def start(trainer, settings, recorded, changes, argv, overwrite=False,
           comm=None):
     """Loads the snapshot, claims the run directory and writes args.json.
@@ -238,13 +387,43 @@ def start(trainer, settings, recorded, changes, argv, overwrite=False,
     return lock, moved
 
 
-def describe_resume(settings, flags):
-    """One line on where a resumed run continues from and what changed."""
-    entry = settings['resumes'][-1]
-    return 'resumed from {} at iteration {} (epoch {}){}'.format(
-        entry['snapshot'], entry['iteration'], entry['epoch'], ''.join(
-            ', {} {} -> {}'.format(flags.get(k, k), _show(a), _show(b))
-            for k, (a, b) in sorted(entry['changed'].items())))
+def describe_start(settings, moved, flags):
+    """Header lines on an old run moved aside and on what a resume
+    continues and changed (none for a plain new run)."""
+    lines = []
+    if moved is not None:
+        lines.append('# the run found in {} was moved to {}'.format(
+            settings['out'], moved))
+    if settings['resume'] is not None:
+        entry = settings['resumes'][-1]
+        lines.append('# resumed from {} at iteration {} (epoch {}){}'.format(
+            entry['snapshot'], entry['iteration'], entry['epoch'], ''.join(
+                ', {} {} -> {}'.format(flags.get(k, k), _show(a), _show(b))
+                for k, (a, b) in sorted(entry['changed'].items()))))
+    return lines
+
+
+def mixture_monitor(model, settings, dump_layers, dump_trigger, **kwargs):
+    """The :class:`~mn_chainer.extensions.MixtureMonitor` of a trainer.
+
+    Args:
+        model (chainer.Link): The model whose MN layers are monitored.
+        settings (dict): The run's settings (``resume``: the snapshot
+            loaded, whose run directory holds the dumps so far).
+        dump_layers (list of str): Layers whose mixtures are dumped (none:
+            no dumps).
+        dump_trigger: When to dump.
+        **kwargs: Other arguments of the extension.
+
+    """
+    if dump_layers:
+        previous = None
+        if settings['resume'] is not None:
+            previous = os.path.join(os.path.dirname(settings['resume']),
+                                    'mixtures.npz')
+        kwargs.update(dump_trigger=dump_trigger, dump_layers=dump_layers,
+                      previous_dump=previous)
+    return mn_chainer.extensions.MixtureMonitor(model, **kwargs)
 
 
 def check_same_data(settings, recorded, keys):

@@ -44,7 +44,6 @@ seeded from the seed and its rank, and the snapshot holds every worker's
 random streams).
 """
 import argparse
-import os
 import sys
 
 import matplotlib
@@ -61,7 +60,6 @@ import mn_chainer.extensions
 import mn_chainer.links
 import mn_chainer.optimizers
 import mn_chainer.presets
-from mn_chainer import rundir
 from mn_chainer import runs
 import models
 
@@ -108,19 +106,11 @@ FLAGS = {
 RESUME_MAY_CHANGE = ('epoch', 'device', 'loaderjob', 'data', 'communicator',
                      'dump_mixtures', 'dump_every')
 
-#: argparse destination -> settings key, for the flags a resume takes from
-#: its snapshot when they are left out.
-_RECORDED = {
-    'model': 'model', 'widths': 'widths', 'dataset': 'dataset',
-    'data': 'data', 'preset': 'preset', 'norm': 'norm',
-    'mn_layers': 'mn_layers', 'n_components': 'n_components',
-    'em_iter': 'em_iter', 'learnrate': 'lr',
-    'weight_decay': 'weight_decay', 'optimizer': 'optimizer',
-    'batchsize': 'batchsize', 'epoch': 'epoch',
-    'train_subset': 'train_subset', 'test_subset': 'test_subset',
-    'seed': 'seed', 'device': 'device', 'loaderjob': 'loaderjob',
-    'dump_mixtures': 'dump_mixtures', 'dump_every': 'dump_every',
-}
+#: argparse destination -> settings key of the flags a resume takes from
+#: its snapshot when they are left out (``--plain-mn`` is the negation of
+#: ``mn_relu``; the communicator is created before the snapshot is read).
+_RECORDED = runs.flag_destinations(
+    FLAGS, exclude=('mn_relu', 'communicator', 'n_workers'))
 
 
 def _int_list(text):
@@ -184,21 +174,10 @@ def get_parser():
     group.add_argument('--mn-layers', type=_layer_list, metavar='LAYERS',
                        help='comma-separated layers to equip with MN '
                        '(default: preset, else conv3)')
-    cli.add_option(group, '--n-components', aliases=('--n_components',),
-                   type=cli.positive(int), metavar='K',
-                   help='mixture components K (default: preset, else 3)')
-    cli.add_option(group, '--em-iter', aliases=('--em_iter',),
-                   type=cli.positive(int), metavar='N',
-                   help='the paper\'s "EM iter." (K-means + EM; default: '
-                   'preset, else 2)')
     group.add_argument('--plain-mn', action='store_true', default=None,
                        help='MN then ReLU (Eq. 34) instead of the '
                        'per-component ReLU of Eq. 40')
-    group.add_argument('--dump-mixtures', type=cli.name_list,
-                       metavar='LAYERS',
-                       help='write the mixtures of these MN layers into '
-                       '<out>/mixtures.npz (paper Fig. 8; mn-plot mixture '
-                       'draws it)')
+    runs.add_mixture_options(group, 'preset, else ')
     group.add_argument('--dump-every', type=cli.positive(int), metavar='N',
                        help='epochs between two dumps of --dump-mixtures '
                        '(default: 1)')
@@ -220,26 +199,9 @@ def get_parser():
                        help='worker processes of a MultiprocessIterator '
                        '(their augmentation is not reproducible)')
 
-    group = parser.add_argument_group('run')
-    group.add_argument('--out', '-o',
-                       help='run directory (default: the directory of '
-                       '--resume, else result)')
-    group.add_argument('--resume', '-r', metavar='SNAPSHOT',
-                       help='snapshot to resume from, or a run directory '
-                       '(its latest snapshot)')
-    group.add_argument('--overwrite', action='store_true',
-                       help='move a run found in --out aside to '
-                       '<out>.old<N> (nothing is deleted)')
-    group.add_argument('--device', '-d',
-                       help='Chainer device specifier: -1 or @numpy (CPU), '
-                       '0 or @cupy:0 (GPU 0), ... (default: -1)')
-    group.add_argument('--communicator',
-                       help='ChainerMN communicator (e.g. naive, '
-                       'pure_nccl): data-parallel training under mpiexec, '
-                       'MN fitted over the global batch')
+    group = runs.add_run_options(parser, 'result')
     group.add_argument('--no-progress', action='store_true',
                        help='do not show the progress bar')
-    cli.add_debug_flag(group)
     return parser
 
 
@@ -400,21 +362,9 @@ def main(argv=None):
             print(name)
         return []
 
-    comm = None if args.communicator is None else cli.create_communicator(
-        args.communicator)
+    settings, recorded, changes, comm = runs.prepare(
+        args, PROG, _RECORDED, FLAGS, RESUME_MAY_CHANGE, _resolve, 'result')
     rank = 0 if comm is None else comm.rank
-    recorded = runs.recorded_settings(args, _RECORDED, PROG)
-    if recorded is not None and args.plain_mn is None:
-        args.plain_mn = recorded.get('mn_relu') is False
-    settings = resolve_settings(args)
-    settings.update(program=PROG, n_workers=1 if comm is None else comm.size)
-    changes = {} if recorded is None else runs.resume_changes(
-        settings, recorded, RESUME_MAY_CHANGE, FLAGS)
-    settings['out'] = args.out or (
-        os.path.dirname(args.resume) if args.resume else 'result')
-    cli.on_main_worker(comm, lambda: rundir.check(
-        settings['out'], args.resume, args.overwrite))
-
     device = cli.worker_device(settings['device'], comm)
     n_class = mn_chainer.datasets.N_CLASSES[settings['dataset']]
     if settings['mn_layers']:
@@ -446,18 +396,16 @@ def main(argv=None):
 
     trainer = _build_trainer(settings, train, test, device, comm,
                              args.no_progress)
-    lock, moved = runs.start(trainer, settings, recorded, changes, argv,
-                             args.overwrite, comm)
-    try:
-        if rank == 0:
-            _print_header(device, settings, comm, moved)
-        trainer.run(show_loop_exception_msg=cli.debug_requested(argv))
-    finally:
-        if lock is not None:
-            lock.release()
-    if rank != 0:
-        return []
-    return list(trainer.get_extension('LogReport').log)
+    return runs.train(trainer, settings, recorded, changes, argv,
+                      args.overwrite, comm, lambda moved: _print_header(
+                          device, settings, comm, moved))
+
+
+def _resolve(args, recorded):
+    """:func:`resolve_settings`, ``--plain-mn`` taken from a snapshot."""
+    if recorded is not None and args.plain_mn is None:
+        args.plain_mn = recorded.get('mn_relu') is False
+    return resolve_settings(args)
 
 
 def _build_trainer(settings, train, test, device, comm, no_progress):
@@ -531,16 +479,9 @@ def _extend_reporting(trainer, test_iter, model, predictor, device, settings,
     trainer.extend(extensions.Evaluator(test_iter, model, device=device))
     trainer.extend(extensions.observe_lr(), trigger=(1, 'epoch'))
     if settings['mn_norms']:
-        dump = {}
-        if dump_layers:
-            previous = None
-            if settings['resume'] is not None:
-                previous = os.path.join(os.path.dirname(settings['resume']),
-                                        'mixtures.npz')
-            dump = dict(dump_trigger=(settings['dump_every'], 'epoch'),
-                        dump_layers=dump_layers, previous_dump=previous)
-        trainer.extend(mn_chainer.extensions.MixtureMonitor(
-            predictor, **dump))
+        trainer.extend(runs.mixture_monitor(
+            predictor, settings, dump_layers,
+            (settings['dump_every'], 'epoch')))
     trainer.extend(extensions.LogReport())
     mn_keys = ['mn/{}/effective_k'.format(n) for n in settings['mn_norms']]
     trainer.extend(extensions.PrintReport(
@@ -580,9 +521,5 @@ def _print_header(device, settings, comm, moved):
                   settings['weight_decay'], settings['batchsize'],
                   '' if comm is None else ' per worker',
                   settings['epoch']))
-    if moved is not None:
-        print('# the run found in {} was moved to {}'.format(
-            settings['out'], moved))
-    if settings['resume'] is not None:
-        print('# ' + runs.describe_resume(settings, FLAGS))
-    print('')
+    for line in runs.describe_start(settings, moved, FLAGS) + ['']:
+        print(line)

@@ -39,12 +39,15 @@ def test_load_log_from_directory_and_file(tmp_path):
     ('[{"epoch": true, "iteration": 4}]', 'entry 0 has no numeric'),
 ])
 def test_bad_logs_name_the_file_and_problem(tmp_path, text, problem):
-    path = _write(tmp_path / 'log', text)
+    _check_error(logs.load_log, tmp_path, 'log', text, problem)
+
+
+def _check_error(load, run_dir, name, text, problem):
+    path = _write(run_dir / name, text)
     with pytest.raises(logs.LogError) as info:
-        logs.load_log(str(tmp_path))
-    message = str(info.value)
-    assert message.startswith(path + ': ')
-    assert problem in message
+        load(str(run_dir))
+    assert str(info.value).startswith(path + ': ')
+    assert problem in str(info.value)
     assert info.value.path == path
     assert isinstance(info.value, ValueError)
 
@@ -83,11 +86,7 @@ def test_load_args(tmp_path):
     ('[1]', 'expected a JSON object, got a JSON list'),
 ])
 def test_bad_args(tmp_path, text, problem):
-    path = _write(tmp_path / 'args.json', text)
-    with pytest.raises(logs.LogError) as info:
-        logs.load_args(str(tmp_path))
-    assert str(info.value).startswith(path + ': ')
-    assert problem in str(info.value)
+    _check_error(logs.load_args, tmp_path, 'args.json', text, problem)
 
 
 def test_dangling_args_link_is_an_error(tmp_path):

@@ -24,6 +24,7 @@ from mn_chainer import extensions as mn_extensions
 from mn_chainer import plot
 import mn_chainer.demo
 import mn_chainer.train
+from tiny_data import write_tiny_cifar
 import train_dcgan
 
 
@@ -36,16 +37,9 @@ DCGAN = ['--ch', '16', '-b', '4', '--snapshot-interval', '2',
 
 @pytest.fixture(scope='module')
 def data(tmp_path_factory):
-    """48 training and 16 test images, uint8 NHWC, labels 0..9."""
-    rng = numpy.random.RandomState(0)
-    path = str(tmp_path_factory.mktemp('data') / 'tiny.npz')
-    numpy.savez(
-        path,
-        x_train=rng.randint(0, 256, (48, 32, 32, 3)).astype(numpy.uint8),
-        y_train=rng.randint(0, 10, 48),
-        x_test=rng.randint(0, 256, (16, 32, 32, 3)).astype(numpy.uint8),
-        y_test=rng.randint(0, 10, 16))
-    return path
+    """48 training and 16 test images."""
+    return write_tiny_cifar(tmp_path_factory.mktemp('data') / 'tiny.npz',
+                            48, 16)
 
 
 def _run(main, prog, argv, capsys):
@@ -418,7 +412,7 @@ def test_disk_full_during_a_snapshot(data, tmp_path, capsys, monkeypatch):
     (['--alpha', '-1'], 'argument --alpha: must be positive'),
     (['--em_iter', '0'], 'argument --em_iter: must be positive'),
     (['--beta1', '1'], 'argument --beta1: must be in [0, 1)'),
-    (['--ch', '12'], 'must be a multiple of 8'),
+    (['--ch', '12'], 'must be a positive multiple of 8'),
     (['--fid-samples', '0'], 'argument --fid-samples'),
 ])
 def test_dcgan_argument_errors(data, tmp_path, capsys, argv, part):

@@ -14,8 +14,9 @@ import shutil
 import subprocess
 import sys
 
-import numpy
 import pytest
+
+from tiny_data import write_tiny_cifar
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -48,15 +49,8 @@ def _log(out):
 
 @pytest.fixture(scope='module')
 def data(tmp_path_factory):
-    rng = numpy.random.RandomState(0)
-    path = str(tmp_path_factory.mktemp('data') / 'tiny.npz')
-    numpy.savez(
-        path,
-        x_train=rng.randint(0, 256, (64, 32, 32, 3)).astype(numpy.uint8),
-        y_train=rng.randint(0, 10, 64),
-        x_test=rng.randint(0, 256, (16, 32, 32, 3)).astype(numpy.uint8),
-        y_test=rng.randint(0, 10, 16))
-    return path
+    return write_tiny_cifar(tmp_path_factory.mktemp('data') / 'tiny.npz',
+                            64, 16)
 
 
 def test_cifar_same_command_same_log_and_resume(data, tmp_path):

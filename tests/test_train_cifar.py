@@ -7,6 +7,7 @@ import pytest
 
 import mn_chainer.demo
 import mn_chainer.optimizers
+from tiny_data import write_tiny_cifar
 import train_cifar
 
 
@@ -20,15 +21,8 @@ LOG_KEYS = {'epoch', 'iteration', 'main/loss', 'main/accuracy',
 @pytest.fixture(scope='module')
 def data_path(tmp_path_factory):
     """Tiny CIFAR-format file: uint8 NHWC images, integer labels."""
-    rng = numpy.random.RandomState(0)
-    path = str(tmp_path_factory.mktemp('data') / 'tiny_cifar.npz')
-    numpy.savez(
-        path,
-        x_train=rng.randint(0, 256, (48, 32, 32, 3)).astype(numpy.uint8),
-        y_train=rng.randint(0, 10, 48),
-        x_test=rng.randint(0, 256, (16, 32, 32, 3)).astype(numpy.uint8),
-        y_test=rng.randint(0, 10, 16))
-    return path
+    return write_tiny_cifar(
+        tmp_path_factory.mktemp('data') / 'tiny_cifar.npz', 48, 16)
 
 
 def _run(data_path, out, *extra):
