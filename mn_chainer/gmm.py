@@ -158,16 +158,17 @@ def _rescaling(magnitude, dtype, m, d):
 
     The largest sum of a fit is K-means++'s potential, at most
     ``m d (2 A)^2`` for points within ``A`` of their mean (``A <= 2
-    magnitude``); the points are scaled so that it stays 64 times below the
-    largest number of ``dtype``.  Scaling by a power of two is exact, so
-    the scaled fit, scaled back, is the fit (``reg_covar`` scaled alike);
-    ``e = 0`` (no scaling) for every input below about ``1e14`` in float32
-    (``m d = 4e6``) and ``1e150`` in float64.
+    magnitude``, the largest ``|points[i, j]|``); the points are scaled so
+    that this bound stays 64 times below the largest number of ``dtype``.
+    Scaling by a power of two is exact, so the scaled fit, scaled back, is
+    the fit (``reg_covar`` scaled alike); ``e = 0`` (no scaling) for every
+    input below about ``1e14`` in float32 (``m d = 4e6``) and ``1e150`` in
+    float64.
     """
     limit = math.sqrt(numpy.finfo(dtype).max / (64.0 * 16 * m * d))
-    if not 2 * magnitude > limit:  # NaN: the finite check has raised
+    if not magnitude > limit:  # NaN: the finite check has raised
         return 0
-    return int(math.ceil(math.log2(2 * magnitude / limit)))
+    return int(math.ceil(math.log2(magnitude / limit)))
 
 
 def _scaled_reg_covar(reg_covar, scale, dtype):
@@ -179,7 +180,7 @@ def _scaled_reg_covar(reg_covar, scale, dtype):
     return tiny if 0 < reg_covar < tiny else reg_covar
 
 
-def _unscale(xp, mixture, shift, scale):
+def _unscale(mixture, shift, scale):
     """The mixture of the points from that of ``(points - shift) * scale``
     (:func:`_rescaling`); :class:`NonFiniteError` where its variances are
     beyond the dtype's range."""
@@ -572,5 +573,5 @@ def _fit_gmm(xp, points, n_components, kmeans_iters, em_iters, n_trials,
         mixture, log_resp = mixture_steps.prune(xp, mixture, log_resp,
                                                 min_weight, reducer)
     if scale != 1:
-        return _unscale(xp, mixture, shift, scale), log_resp
+        return _unscale(mixture, shift, scale), log_resp
     return mixture._replace(means=mixture.means + shift), log_resp
