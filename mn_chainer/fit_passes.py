@@ -8,17 +8,15 @@ a passes class runs them over the points with one backend, chosen once per
 fit by :func:`select_passes` (as Chainer's batch normalization picks one
 implementation per call):
 
-=======================  ============================  =====================
-passes                   points                        E-step
-=======================  ============================  =====================
-:class:`ArrayPasses`     NumPy, kernels not available  NumPy array products
-:class:`CKernelPasses`   NumPy, float32/64, contiguous  C kernels
-                                                       (:mod:`~mn_chainer.
-                                                       cpu_kernels`)
-:class:`CudaPasses`      CuPy                          CUDA kernels
-                                                       (:mod:`~mn_chainer.
-                                                       kernels`)
-=======================  ============================  =====================
+======================  ====================================  ==============
+passes                  points                                E-step
+======================  ====================================  ==============
+:class:`ArrayPasses`    NumPy, where the C kernels do not     float64 array
+                        apply                                 products
+:class:`CKernelPasses`  NumPy, float32 or float64,            C kernels
+                        C-contiguous, C kernels built
+:class:`CudaPasses`     CuPy                                  CUDA kernels
+======================  ====================================  ==============
 
 Every passes class works on the centred points ``x = points - shift`` (a
 diagonal mixture is translation invariant, and the expanded distances
