@@ -266,6 +266,13 @@ def _same_path(a, b):
     return os.path.realpath(a) == os.path.realpath(b)
 
 
+def _continues(out, resume):
+    """Whether ``resume`` is the latest snapshot of the run in ``out``."""
+    latest = latest_snapshot(out)
+    return resume is not None and latest is not None and _same_path(
+        resume, latest)
+
+
 def check(out, resume=None, overwrite=False):
     """Checks that a run may write into ``out``; changes nothing.
 
@@ -298,13 +305,11 @@ def check(out, resume=None, overwrite=False):
         raise RunDirError('--out {} is in use by another run; wait for it '
                           'or write elsewhere with --out'.format(out))
     found = run_files(out)
-    if not found:
+    if not found or _continues(out, resume):
         return resume
     latest = latest_snapshot(out)
     in_place = resume is not None and _same_path(os.path.dirname(
         os.path.abspath(resume)), out)
-    if in_place and _same_path(resume, latest):
-        return resume
     if overwrite:
         if in_place:
             return os.path.join('{}.old{}'.format(
@@ -328,11 +333,12 @@ def check(out, resume=None, overwrite=False):
             how, os.path.normpath(out), _next_old(out)))
 
 
-def claim(out, overwrite=False):
+def claim(out, overwrite=False, resume=None):
     """Makes ``out`` this run's: the writes of :func:`check`'s plan.
 
-    Moves a run found there aside (with ``overwrite``), creates the
-    directory, removes the temporaries of an interrupted write and takes the
+    Moves a run found there aside (with ``overwrite``, unless ``resume`` is
+    its latest snapshot: that run continues), creates the directory,
+    removes the temporaries of an interrupted write and takes the
     directory's lock. Call it once the run can start (its snapshot loaded).
 
     Returns:
@@ -344,7 +350,7 @@ def claim(out, overwrite=False):
 
     """
     moved = None
-    if overwrite and run_files(out):
+    if overwrite and run_files(out) and not _continues(out, resume):
         moved = move_aside(out)
     try:
         os.makedirs(out, exist_ok=True)

@@ -364,7 +364,8 @@ def start(trainer, settings, recorded, changes, argv, overwrite=False,
         load_snapshot(snapshot, trainer)
         if comm is not None:
             _keep_loaded_parameters(trainer)
-    claimed = cli.on_main_worker(comm, lambda: rundir.claim(out, overwrite))
+    claimed = cli.on_main_worker(
+        comm, lambda: rundir.claim(out, overwrite, snapshot))
     lock, moved = claimed if claimed is not None else (None, None)
     if snapshot is not None:
         if moved is not None and _in_directory(snapshot, out):

@@ -132,6 +132,15 @@ def test_claim_moves_aside_creates_and_locks(tmp_path):
         lock.release()
     assert not rundir.is_locked(out)
     rundir.check(out)
+    # Resuming its latest snapshot, the run continues where it is.
+    latest = _touch(os.path.join(out, 'snapshot_epoch_3'))
+    lock, moved = rundir.claim(out, overwrite=True, resume=latest)
+    lock.release()
+    assert moved is None and os.path.exists(latest)
+    lock, moved = rundir.claim(out, overwrite=True)
+    lock.release()
+    assert moved == out + '.old2'
+    assert _listing(moved) == [rundir.LOCK_FILE, 'snapshot_epoch_3']
 
 
 @pytest.mark.skipif(rundir.fcntl is None, reason='no fcntl')
