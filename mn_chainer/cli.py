@@ -127,19 +127,20 @@ def run(main, argv=None, prog=None):
         raise SystemExit(getattr(e, 'exit_status', 1))
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+class HelpFormatter(argparse.HelpFormatter):
 
     """Shows each option's default once.
 
     Like :class:`argparse.ArgumentDefaultsHelpFormatter`, but it adds
     ``(default: X)`` only where the help does not already state a default
     and the default is a value (not ``None`` or ``False``, which mean "not
-    given"). Descriptions keep their line breaks.
+    given").
     """
 
     def _get_help_string(self, action):
         text = action.help or ''
-        if ('default' in text or action.default in (None, False)
+        if ('default' in text or action.default is None
+                or action.default is False
                 or action.default is argparse.SUPPRESS
                 or not action.option_strings):
             return text

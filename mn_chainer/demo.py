@@ -55,17 +55,21 @@ def get_parser():
     parser.add_argument('--epoch', '-e', type=positive, default=3,
                         help='training epochs of each run')
     parser.add_argument('--train-subset', type=positive, default=4096,
-                        help='training images (seeded random subset)')
+                        help='training images, a seeded random subset')
     parser.add_argument('--test-subset', type=positive, default=2000,
-                        help='test images (seeded random subset)')
+                        help='test images, a seeded random subset')
     parser.add_argument('--batchsize', '-b', type=positive, default=128,
-                        help='mini-batch size (the paper: 256)')
+                        help='mini-batch size; the paper\'s is 256')
     parser.add_argument('--widths',
                         help='CIFAR CNN widths (default: 64,128,256,256)')
-    parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--device', '-d', default='-1')
-    parser.add_argument('--loaderjob', '-j', type=positive)
-    parser.add_argument('--out', '-o', default=os.path.join('result', 'demo'))
+    parser.add_argument('--seed', type=int, default=0,
+                        help='seed of both runs')
+    parser.add_argument('--device', '-d', default='-1',
+                        help='-1 (CPU), 0 (GPU 0), ...')
+    parser.add_argument('--loaderjob', '-j', type=positive,
+                        help='worker processes loading the images')
+    parser.add_argument('--out', '-o', default=os.path.join('result', 'demo'),
+                        help='directory of the two runs')
     parser.add_argument('--resume', action='store_true',
                         help='continue the demo found in --out')
     parser.add_argument('--overwrite', action='store_true',

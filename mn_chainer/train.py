@@ -185,7 +185,7 @@ def get_parser():
     group = parser.add_argument_group('data')
     group.add_argument('--dataset',
                        choices=sorted(mn_chainer.datasets.N_CLASSES),
-                       help='default: cifar10')
+                       help='dataset (default: cifar10)')
     group.add_argument('--data', metavar='PATH.npz',
                        help='.npz with uint8 NHWC x_train/y_train/x_test/'
                        'y_test (default: Chainer\'s download)')

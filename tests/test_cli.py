@@ -164,3 +164,9 @@ def test_gpu_without_cuda_says_what_is_missing():
             re.escape(spec)), message)
         assert message.endswith('use -d -1 to run on the CPU')
         assert '\n' not in message
+
+
+def test_help_formatter_shows_zero_defaults():
+    parser = argparse.ArgumentParser(formatter_class=cli.HelpFormatter)
+    parser.add_argument('--seed', type=int, default=0, help='the seed')
+    assert 'the seed (default: 0)' in ' '.join(_help(parser).split())
