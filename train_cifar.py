@@ -17,6 +17,7 @@ with one line on stderr (exit status 2 for usage errors, 1 for data or
 environment errors; ``--debug`` shows the traceback).
 """
 import mn_chainer.cli
+from mn_chainer.extensions import RandomStates  # NOQA: F401 (moved there)
 from mn_chainer.train import DEFAULTS  # NOQA: F401 (this script's API)
 from mn_chainer.train import get_parser  # NOQA: F401
 from mn_chainer.train import lr_schedule_extension  # NOQA: F401
