@@ -1,54 +1,110 @@
 """MN layer forward+backward vs ``L.BatchNormalization``, in one run.
 
 Shapes are DenseNet's final-BN input (N = 64 and 128, C = 196 and 448,
-8x8); K = 2..5, EM iter 2, sample_ratio 1.0 and 0.25.  Each row times both
-layers on the same input (training mode, forward + backward of
-``sum(y * gy)``) and reports the MN/BN time ratio.
+8x8); K = 2..5, EM iter 2, sample_ratio 1.0 and 0.25; both forms of the
+layer: the plain transform (Eq. 34, ``relu=False``: MN against BN) and the
+per-component ReLU (Eq. 40, ``relu=True``, as the paper's models and
+``train_cifar.py`` use it: MN followed by the block's ReLU against BN
+followed by ReLU).  Each row times both layers on the same input
+(training mode, forward + backward of ``sum(y * gy)``, the fit included),
+alternating BN and MN call by call so that a load change of a shared
+machine hits both alike: the times are medians over the calls and MN/BN
+is the median of the per-round ratios.
+
+Each row also reports the peak memory of one forward + backward beyond the
+input and ``gy`` (NumPy: :mod:`tracemalloc`, which sees NumPy's buffers;
+CuPy: the high-water of the memory pool's ``total_bytes`` from an empty
+pool), measured in a separate untimed call.
 
     python benchmarks/bench_layer.py              # CPU, all rows
+    python benchmarks/bench_layer.py --relu on    # Eq. 40 rows only
     python benchmarks/bench_layer.py --device 0   # GPU 0 (cuDNN BN)
 """
 import argparse
 import statistics
 import time
+import tracemalloc
 
 import numpy
 
 import chainer
+import chainer.functions as F
 import chainer.links as L
 
 import mn_chainer.links as ML
 
 
-def _time(link, x, gy, repeats, sync):
-    times = []
+def _call(link, x, gy, relu):
+    """Forward (then ReLU for the Eq. 40 rows) and backward of one call."""
+    xv = chainer.Variable(x)
+    y = link(xv)
+    if relu:
+        y = F.relu(y)
+    y.grad = gy
+    y.backward()
+    link.cleargrads()
+
+
+def _time(links, x, gy, relu, repeats, sync):
+    """Seconds per call of each link, alternating them call by call."""
+    times = [[] for _ in links]
     for i in range(repeats + 1):
-        xv = chainer.Variable(x)
-        start = time.perf_counter()
-        y = link(xv)
-        y.grad = gy
-        y.backward()
-        sync()
-        if i:  # the first call is a warm-up
-            times.append(time.perf_counter() - start)
-        link.cleargrads()
-    return statistics.median(times)
+        order = list(range(len(links)))
+        if i % 2:
+            order.reverse()  # cancels a linear drift of the load
+        for j in order:
+            sync()
+            start = time.perf_counter()
+            _call(links[j], x, gy, relu)
+            sync()
+            if i:  # the first round is a warm-up
+                times[j].append(time.perf_counter() - start)
+    return times
+
+
+def _peak_bytes(link, x, gy, relu, xp, sync):
+    """Peak memory of one forward + backward beyond what is held before."""
+    if xp is numpy:
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            _call(link, x, gy, relu)
+            return tracemalloc.get_traced_memory()[1] - before
+        finally:
+            tracemalloc.stop()
+    pool = xp.get_default_memory_pool()
+    sync()
+    pool.free_all_blocks()
+    before = pool.total_bytes()
+    _call(link, x, gy, relu)
+    sync()
+    return pool.total_bytes() - before
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--device', '-d', default='-1',
                         help='Chainer device specifier (-1: CPU)')
-    parser.add_argument('--repeats', type=int, default=10)
+    parser.add_argument('--repeats', type=int, default=10,
+                        help='Timed calls of each layer per row')
     parser.add_argument('--batches', type=int, nargs='+', default=[64, 128])
     parser.add_argument('--channels', type=int, nargs='+', default=[196, 448])
     parser.add_argument('--components', type=int, nargs='+',
                         default=[2, 3, 4, 5])
     parser.add_argument('--sample-ratios', type=float, nargs='+',
                         default=[1.0, 0.25])
+    parser.add_argument('--relu', choices=('off', 'on', 'both'),
+                        default='both',
+                        help='Rows of the plain transform (off: Eq. 34), of '
+                        'the per-component ReLU (on: Eq. 40, then ReLU, '
+                        'against BN then ReLU), or both')
     parser.add_argument('--em-iter', type=int, default=2)
+    parser.add_argument('--no-memory', action='store_true',
+                        help='Skip the peak-memory measurement')
     parser.add_argument('--markdown', action='store_true')
     args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error('--repeats must be at least 1')
 
     device = chainer.get_device(args.device)
     device.use()
@@ -59,44 +115,71 @@ def main(argv=None):
     else:
         def sync():
             xp.cuda.Device().synchronize()
+    forms = {'off': [False], 'on': [True], 'both': [False, True]}[args.relu]
 
-    header = ('N', 'C', 'K', 'ratio', 'BN ms', 'MN ms', 'MN/BN')
+    print('Device: {}, chainer {}, numpy {}'.format(
+        device, chainer.__version__, numpy.__version__))
+    print('EM iter {}; {} timed calls per layer and row, alternated; peak '
+          'memory: {}'.format(
+              args.em_iter, args.repeats,
+              'not measured' if args.no_memory else
+              'tracemalloc' if xp is numpy else 'CuPy memory pool'))
+    header = ('form', 'N', 'C', 'K', 'ratio', 'BN ms', 'MN ms', 'MN/BN',
+              'BN MiB', 'MN MiB', 'mem MN/BN')
     rows = []
-    for n in args.batches:
-        for c in args.channels:
-            rs = numpy.random.RandomState(0)
-            # Rectified-looking activations with a few modes.
-            x = numpy.maximum(rs.randn(n, c, 8, 8), -0.5) + \
-                rs.randint(0, 3, size=(n, 1, 8, 8))
-            x = device.send(x.astype(numpy.float32))
-            gy = device.send(rs.randn(n, c, 8, 8).astype(numpy.float32))
-            bn = L.BatchNormalization(c)
-            bn.to_device(device)
-            for k in args.components:
-                for ratio in args.sample_ratios:
-                    mn = ML.MixtureNormalization(
-                        c, n_components=k, em_iter=args.em_iter,
-                        sample_ratio=ratio, seed=0)
-                    mn.to_device(device)
-                    # BN is timed again next to every MN row, so that load
-                    # changes on a shared machine hit both alike.
-                    t_bn = _time(bn, x, gy, args.repeats, sync)
-                    t_mn = _time(mn, x, gy, args.repeats, sync)
-                    rows.append((n, c, k, ratio, t_bn * 1e3, t_mn * 1e3,
-                                 t_mn / t_bn))
-                    print('N={:4d} C={:4d} K={} ratio={:.2f}  BN {:8.2f} ms  '
-                          'MN {:8.2f} ms  MN/BN {:.2f}'.format(*rows[-1]),
-                          flush=True)
+    for relu in forms:
+        form = 'Eq. 40' if relu else 'Eq. 34'
+        for n in args.batches:
+            for c in args.channels:
+                rs = numpy.random.RandomState(0)
+                # Rectified-looking activations with a few modes.
+                x = numpy.maximum(rs.randn(n, c, 8, 8), -0.5) + \
+                    rs.randint(0, 3, size=(n, 1, 8, 8))
+                x = device.send(x.astype(numpy.float32))
+                gy = device.send(rs.randn(n, c, 8, 8).astype(numpy.float32))
+                bn = L.BatchNormalization(c)
+                bn.to_device(device)
+                for k in args.components:
+                    for ratio in args.sample_ratios:
+                        mn = ML.MixtureNormalization(
+                            c, n_components=k, em_iter=args.em_iter,
+                            sample_ratio=ratio, relu=relu, seed=0)
+                        mn.to_device(device)
+                        with chainer.using_config('train', True):
+                            t_bn, t_mn = _time((bn, mn), x, gy, relu,
+                                               args.repeats, sync)
+                            if args.no_memory:
+                                m_bn = m_mn = float('nan')
+                            else:
+                                m_bn, m_mn = (
+                                    _peak_bytes(link, x, gy, relu, xp, sync)
+                                    / 2. ** 20 for link in (bn, mn))
+                        rows.append((
+                            form, n, c, k, ratio,
+                            statistics.median(t_bn) * 1e3,
+                            statistics.median(t_mn) * 1e3,
+                            statistics.median(
+                                b / m for b, m in zip(t_mn, t_bn)),
+                            m_bn, m_mn, m_mn / m_bn))
+                        print('{} N={:4d} C={:4d} K={} ratio={:.2f}  BN '
+                              '{:8.2f} ms  MN {:8.2f} ms  MN/BN {:.2f}  '
+                              'memory BN {:6.1f} MiB  MN {:6.1f} MiB  '
+                              'MN/BN {:.2f}'.format(*rows[-1]), flush=True)
     if args.markdown:
         print()
         print('| ' + ' | '.join(header) + ' |')
         print('|' + '---|' * len(header))
         for r in rows:
-            print('| {} | {} | {} | {:.2f} | {:.2f} | {:.2f} | {:.2f} |'
-                  .format(*r))
-    worst = max(r[-1] for r in rows if r[2] == max(args.components))
-    print('\nworst MN/BN at K={}: {:.2f} (device: {})'.format(
-        max(args.components), worst, device))
+            print('| {} | {} | {} | {} | {:.2f} | {:.2f} | {:.2f} | {:.2f} '
+                  '| {:.1f} | {:.1f} | {:.2f} |'.format(*r))
+    k_max = max(args.components)
+    print()
+    for relu in forms:
+        form = 'Eq. 40' if relu else 'Eq. 34'
+        at_k = [r for r in rows if r[0] == form and r[3] == k_max]
+        print('{}: worst MN/BN at K={}: time {:.2f}, memory {:.2f} '
+              '(device: {})'.format(form, k_max, max(r[7] for r in at_k),
+                                    max(r[10] for r in at_k), device))
 
 
 if __name__ == '__main__':
