@@ -48,6 +48,7 @@ setuptools.setup(
     entry_points={
         'console_scripts': [
             'mn-compare = mn_chainer.compare:main',
+            'mn-evaluate = mn_chainer.evaluate:main',
             'mn-plot = mn_chainer.plot:main',
             'mn-study = mn_chainer.study:main',
         ],

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m mn_chainer.evaluate RUN_DIR [RUN_DIR ...] \\
+    mn-evaluate RUN_DIR [RUN_DIR ...] \\
         [--inference queue population] [--snapshot FILE] \\
         [--finetune-batches N] [-b BATCH] [-d DEVICE] [--data FILE] \\
         [--json FILE]
@@ -23,13 +23,21 @@ It prints, per run and rule, the test accuracy and loss and the inference
 time (forward passes only, device synchronised; ms per image), the
 fine-tuning time, and with several runs (seeds) the mean and standard
 deviation over runs; ``--json`` also writes them.  Errors end with one line
-on stderr (:mod:`mn_chainer.cli`).
+on stderr (:mod:`mn_chainer.cli`). ``mn-evaluate`` is also ``python -m
+mn_chainer.evaluate``.
+
+The population rule fine-tunes with the batches
+:func:`finetune_population` draws from the run's seed. A run trained with
+``train_cifar.py --finetune-batches N`` recorded the same evaluation in its
+``finetuned.json`` (:func:`mn_chainer.logs.load_finetuned`): for a
+single-process run, ``--inference population --finetune-batches N`` (and the
+run's batch size) gives that record's accuracy and loss again. A run of
+several ChainerMN workers fine-tuned each worker's share of the training
+split (each worker's BN statistics its own, MN's population mixture fitted
+over all of them), which one process cannot repeat: its numbers here differ.
 """
 import argparse
-import json
-import os
-import random
-import re
+import sys
 import time
 import zipfile
 
@@ -43,14 +51,16 @@ from mn_chainer import cli
 import mn_chainer.datasets
 import mn_chainer.links
 from mn_chainer import logs
+from mn_chainer import rundir
 import models
 
+
+#: Program name of the messages.
+PROG = 'mn-evaluate'
 
 #: Inference rules, in the order they run (queue first: fine-tuning
 #: replaces BN's running averages).
 INFERENCE = ('queue', 'population')
-
-_SNAPSHOT = re.compile(r'^snapshot_(?:epoch|iter)_(\d+)$')
 
 #: Where the trainer's snapshot keeps the classifier.
 MODEL_PATH = 'updater/model:main/'
@@ -58,7 +68,7 @@ MODEL_PATH = 'updater/model:main/'
 
 def get_parser():
     parser = argparse.ArgumentParser(
-        prog='python -m mn_chainer.evaluate',
+        prog=PROG,
         description='Test accuracy and inference time of finished CIFAR '
         'runs with the queue (paper Eqs. 38-39) and with population '
         'statistics (fine-tuning).', formatter_class=cli.HelpFormatter)
@@ -96,17 +106,11 @@ def latest_snapshot(run_dir):
     Raises:
         ~mn_chainer.cli.CommandError: The directory has no snapshot.
     """
-    try:
-        names = os.listdir(run_dir)
-    except OSError as e:
-        raise cli.CommandError('{}: cannot list the run directory ({})'
-                               .format(run_dir, e.strerror or e))
-    numbered = [(int(m.group(1)), name) for name, m in (
-        (name, _SNAPSHOT.match(name)) for name in names) if m]
-    if not numbered:
+    latest = rundir.latest_snapshot(run_dir)
+    if latest is None:
         raise cli.CommandError('{}: no snapshot_epoch_<n> file: not a '
                                'finished train_cifar.py run'.format(run_dir))
-    return os.path.join(run_dir, max(numbered)[1])
+    return latest
 
 
 def load_run(run_dir, snapshot=None, device=None):
@@ -175,6 +179,51 @@ def classify(predictor, dataset, batchsize, device):
             'n_images': n}
 
 
+def finetune_population(model, train, seed, batchsize, n_batches=None,
+                        device=None, rank=0):
+    """Population statistics of every BN and MN link from training batches.
+
+    :func:`mn_chainer.links.finetune` over ``train`` (a run's augmented
+    training split, or a worker's share of it) in the seeded order a run's
+    fine-tuning uses: shuffled by ``numpy.random.RandomState(seed)`` (as the
+    trainer's order), augmented with Python's :mod:`random` seeded as the
+    training of worker ``rank`` starts
+    (:func:`mn_chainer.datasets.seed_augmentation`). The batches depend on
+    ``(seed, rank, batchsize, n_batches)`` and the split only, not on what
+    ran before, so ``train_cifar.py --finetune-batches N`` and
+    ``python -m mn_chainer.evaluate RUN --finetune-batches N`` fine-tune a
+    single-process run with the same batches.
+
+    Args:
+        model (chainer.Link): The classifier (fine-tuned in place).
+        train: The training dataset.
+        seed (int): The run's seed.
+        batchsize (int): Images per batch.
+        n_batches (int or None): Batches to run (repeating the split as
+            needed); None: one pass over the split.
+        device: Device of the batches.
+        rank (int): The worker (ChainerMN); every worker must call this with
+            the same ``n_batches`` (MN's population fit communicates).
+
+    Returns:
+        dict: ``finetune_batches`` (the batches run) and
+        ``finetune_seconds`` (device synchronised).
+    """
+    device = device or chainer.get_device('@numpy')
+    mn_chainer.datasets.seed_augmentation(seed, rank)
+    order = numpy.random.RandomState(seed)
+    iterator = chainer.iterators.SerialIterator(
+        train, batchsize, repeat=n_batches is not None,
+        order_sampler=chainer.iterators.ShuffleOrderSampler(order))
+    _synchronize(device)
+    start = time.perf_counter()
+    count = mn_chainer.links.finetune(model, iterator, n_batches,
+                                      device=device)
+    _synchronize(device)
+    return {'finetune_batches': count,
+            'finetune_seconds': time.perf_counter() - start}
+
+
 def evaluate_run(run_dir, inference=INFERENCE, snapshot=None,
                  finetune_batches=None, batchsize=None, device=None,
                  data=None):
@@ -183,7 +232,8 @@ def evaluate_run(run_dir, inference=INFERENCE, snapshot=None,
     Returns:
         dict: ``run``, ``snapshot``, ``norm``, ``mn_layers`` and, per rule,
         ``{rule: classify(...) result}``; the ``population`` entry adds
-        ``finetune_seconds`` and ``finetune_batches``.
+        ``finetune_seconds`` and ``finetune_batches``
+        (:func:`finetune_population`).
     """
     device = device or chainer.get_device('@numpy')
     model, settings, snapshot = load_run(run_dir, snapshot, device)
@@ -201,17 +251,9 @@ def evaluate_run(run_dir, inference=INFERENCE, snapshot=None,
             # Drops a population mixture saved with the snapshot, if any.
             mn_chainer.links.start_finetuning(model)
         else:
-            random.seed(settings['seed'])  # the augmentation's draws
-            order = numpy.random.RandomState(settings['seed'])
-            iterator = chainer.iterators.SerialIterator(
-                train, batchsize, repeat=finetune_batches is not None,
-                order_sampler=chainer.iterators.ShuffleOrderSampler(order))
-            _synchronize(device)
-            start = time.perf_counter()
-            entry['finetune_batches'] = mn_chainer.links.finetune(
-                model, iterator, finetune_batches, device=device)
-            _synchronize(device)
-            entry['finetune_seconds'] = time.perf_counter() - start
+            entry.update(finetune_population(
+                model, train, settings['seed'], batchsize, finetune_batches,
+                device))
         entry.update(classify(model.predictor, test, batchsize, device))
         result[rule] = entry
     return result
@@ -267,8 +309,21 @@ def format_results(results, summary):
     return '\n'.join(lines)
 
 
-def main(argv=None):
-    """Evaluate the runs; returns ``(results, summary)``."""
+def run(argv=None):
+    """Evaluates the runs of a command line and prints the table.
+
+    Args:
+        argv (list of str or None): The arguments (default:
+            ``sys.argv[1:]``).
+
+    Returns:
+        tuple: ``(results, summary)``: :func:`evaluate_run`'s result per
+        run and :func:`summarize`'s summary.
+
+    Raises:
+        mn_chainer.cli.CommandError: For runs, snapshots or devices that
+            cannot be used (:class:`~mn_chainer.cli.UsageError` for flags).
+    """
     args = get_parser().parse_args(argv)
     if args.snapshot is not None and len(args.runs) > 1:
         raise cli.UsageError('--snapshot {}: give one RUN_DIR with it, not '
@@ -283,11 +338,24 @@ def main(argv=None):
     summary = summarize(results, args.inference)
     print(format_results(results, summary))
     if args.json is not None:
-        with open(args.json, 'w') as f:
-            json.dump({'runs': results, 'summary': summary,
-                       'device': str(device)}, f, indent=2)
+        rundir.write_json(args.json, {'runs': results, 'summary': summary,
+                                      'device': str(device)})
     return results, summary
 
 
+def main(argv=None):
+    """Command line entry point (``mn-evaluate``).
+
+    Errors end with one line on stderr: exit status 2 for usage errors, 1
+    for runs, snapshots, data or devices that cannot be used (see
+    :mod:`mn_chainer.cli`); ``--debug`` shows the traceback.
+
+    Returns:
+        int: 0 (the exit status).
+    """
+    cli.run(run, argv, prog=PROG)
+    return 0
+
+
 if __name__ == '__main__':
-    cli.run(main, prog='python -m mn_chainer.evaluate')
+    sys.exit(main())

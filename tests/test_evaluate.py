@@ -1,4 +1,6 @@
-"""python -m mn_chainer.evaluate: queue vs population inference of a run."""
+"""mn-evaluate (python -m mn_chainer.evaluate): queue vs population inference
+of a run."""
+import importlib.metadata
 import json
 import os
 import random
@@ -95,7 +97,7 @@ def test_command_line(tmp_path, capsys):
         (tmp_path / str(i)).mkdir()
         runs.append(_run_dir(tmp_path / str(i))[0])
     out = str(tmp_path / 'results.json')
-    results, summary = evaluate.main(runs + ['--json', out])
+    results, summary = evaluate.run(runs + ['--json', out])
     printed = capsys.readouterr().out
     assert printed.count('population') == 3 and '2 runs, queue' in printed
     with open(out) as f:
@@ -137,3 +139,28 @@ def test_errors_are_one_line(tmp_path, case):
     lines = result.stderr.strip().splitlines()
     assert result.returncode == status, result.stderr
     assert needle in lines[-1] and 'Traceback' not in result.stderr
+
+
+def test_console_script(tmp_path, capsys):
+    entries = [e for e in importlib.metadata.entry_points(
+        group='console_scripts') if e.name == 'mn-evaluate']
+    if not entries:
+        pytest.skip('mn-chainer is not installed (pip install -e .)')
+    assert entries[0].value == 'mn_chainer.evaluate:main'
+    main = entries[0].load()
+    run_dir, _ = _run_dir(tmp_path)
+    # The exit status of the console script's sys.exit(main()).
+    assert main([run_dir, '--inference', 'queue']) == 0
+    assert ' queue ' in capsys.readouterr().out
+    with pytest.raises(SystemExit) as status:
+        main([run_dir, '--snapshot', str(tmp_path / 'none')])
+    assert status.value.code == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert error[-1].startswith('mn-evaluate: error: ') and 'none' in \
+        error[-1]
+    script = os.path.join(os.path.dirname(sys.executable), 'mn-evaluate')
+    if os.path.exists(script):
+        result = subprocess.run([script, '--help'], stdout=subprocess.PIPE,
+                                universal_newlines=True, timeout=120)
+        assert result.returncode == 0
+        assert result.stdout.startswith('usage: mn-evaluate')
