@@ -233,3 +233,28 @@ def test_statistics_do_not_depend_on_the_blocks(blocks_of):
         numpy.testing.assert_allclose(got[0], pi, rtol=1e-12)
         numpy.testing.assert_allclose(got[1], mean, rtol=1e-11, atol=1e-13)
         numpy.testing.assert_allclose(got[2], var, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize('threads', [2, 3])
+@pytest.mark.parametrize('relu', [False, True])
+@pytest.mark.parametrize('dtype', [numpy.float32, numpy.float64])
+def test_threads_give_the_same_bits(blocks_of, monkeypatch, threads, relu,
+                                    dtype):
+    """Shares of the blocks on several threads: the block sums are added in
+    block order, so the result is bitwise that of one thread."""
+    x, tau, gamma, beta, gy = _inputs((11, 4, 3, 3), 3, seed=8, dtype=dtype)
+    gamma = SIGNED_GAMMA[:4].astype(dtype)
+    blocks_of(x, 2)
+    monkeypatch.setattr(mn_module, 'MIN_ELEMENTS_PER_THREAD', 1)
+    monkeypatch.setattr(mn_module, 'THREADS', 1)
+    one = _forward_backward(x, tau, gamma, beta, gy, relu)
+    monkeypatch.setattr(mn_module, 'THREADS', threads)
+    blocks = mn_module._Blocks(numpy, (11, 4, 9), numpy.dtype(dtype))
+    assert len(blocks.shares) == threads
+    several = _forward_backward(x, tau, gamma, beta, gy, relu)
+    for name, a, b in zip(NAMES, several, one):
+        numpy.testing.assert_array_equal(a, b, err_msg=name)
+    for name, a, b in zip(NAMES, several,
+                          _expected(x, tau, gamma, beta, gy, relu)):
+        _assert_close(a, b, 1e-10 if dtype == numpy.float64 else 2e-6,
+                      name)

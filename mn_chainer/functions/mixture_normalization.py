@@ -27,9 +27,16 @@ the mixture's mean in channels where some component lies more than
 ``sqrt(SHIFT_RATIO)`` standard deviations from zero, and zero elsewhere
 (:func:`statistics_shift`), so that exact zeros of rectified activations
 stay exact.
+
+Speed on NumPy: the forward and backward passes visit the batch in blocks
+of samples that stay in cache (:data:`BLOCK_BYTES`), shared among threads
+(:data:`THREADS`); the per-component ReLUs of Eq. 40 are one comparison
+each, with thresholds on ``sign(gamma) x``.  CuPy takes the batch at once.
 """
 import collections
+import concurrent.futures
 import numbers
+import threading
 
 import numpy
 
@@ -40,6 +47,7 @@ import chainer.functions
 from chainer.utils import argument
 from chainer.utils import type_check
 
+from mn_chainer import cpu_kernels
 from mn_chainer import data_parallel
 
 
@@ -57,34 +65,83 @@ def _as3d(a):
 #: time.  The forward and backward passes visit the batch in blocks of
 #: samples of about this size: the K per-component steps of the ReLU form
 #: (Eq. 40) and the few steps of the plain form then run on arrays that
-#: stay in a core's L2 cache, two to three times faster than the same
-#: steps over whole arrays in main memory.  CuPy takes the batch at once.
+#: stay in a core's L2 cache, faster than the same steps over whole arrays
+#: in main memory.  CuPy takes the batch at once.
 BLOCK_BYTES = 1 << 18
+
+#: Threads among which the NumPy loops share the blocks (contiguous shares,
+#: one per thread; NumPy releases the GIL inside its operations).  None:
+#: the CPUs this process may run on (:func:`mn_chainer.cpu_kernels.
+#: n_threads`, as for the fit's C kernels).  The results do not depend on
+#: it: the sums of the blocks are added in block order.
+THREADS = None
+
+#: Elements of activations below which a pass is not split further among
+#: threads (waking one costs ~0.1 ms).
+MIN_ELEMENTS_PER_THREAD = 1 << 18
+
+_pool_lock = threading.Lock()
+_pools = {}
+
+
+def _pool(workers):
+    with _pool_lock:
+        if workers not in _pools:
+            _pools[workers] = concurrent.futures.ThreadPoolExecutor(
+                workers, thread_name_prefix='mn_chainer_transform')
+        return _pools[workers]
 
 
 class _Blocks(object):
 
     """Blocks of samples of activations ``(N, C, P)`` and their scratch.
 
-    Iterating gives ``slice`` objects over the batch axis (one for the
-    whole batch on CuPy; see :data:`BLOCK_BYTES`); :meth:`scratch` gives
-    arrays with room for one block.
+    :meth:`map` runs a loop over the blocks, in shares for the threads
+    (the whole batch as one block on CuPy; see :data:`BLOCK_BYTES` and
+    :data:`THREADS`); :meth:`scratch` gives arrays with room for one block.
     """
 
     def __init__(self, xp, shape, dtype):
         self.xp = xp
         self.n, self.channels, self.size = shape
         self.dtype = dtype
-        sample_bytes = self.channels * self.size * dtype.itemsize
+        sample = self.channels * self.size
         if xp is numpy:
-            self.step = max(1, min(self.n, BLOCK_BYTES // max(sample_bytes,
-                                                              1)))
+            step = BLOCK_BYTES // max(sample * dtype.itemsize, 1)
+            threads = (cpu_kernels.n_threads() if THREADS is None
+                       else THREADS)
+            parts = min(threads, self.n * sample // MIN_ELEMENTS_PER_THREAD)
         else:
-            self.step = max(1, self.n)
+            step, parts = self.n, 1
+        self.step = max(1, min(self.n, step))
+        blocks = [slice(start, min(start + self.step, self.n))
+                  for start in range(0, self.n, self.step)]
+        parts = max(1, min(parts, len(blocks)))
+        self.shares = [blocks[len(blocks) * p // parts:
+                              len(blocks) * (p + 1) // parts]
+                       for p in range(parts)]
 
-    def __iter__(self):
-        for start in range(0, self.n, self.step):
-            yield slice(start, min(start + self.step, self.n))
+    def map(self, loop):
+        """``loop(blocks)`` for every share of the blocks, the first on this
+        thread; returns the lists it returns, concatenated in block order
+        (so that their sum does not depend on the threads)."""
+        if len(self.shares) == 1:
+            return list(loop(self.shares[0]))
+        futures = [_pool(len(self.shares) - 1).submit(
+            lambda share: list(loop(share)), share)
+            for share in self.shares[1:]]
+        out = list(loop(self.shares[0]))
+        for future in futures:
+            out.extend(future.result())
+        return out
+
+    def sum(self, loop, shape):
+        """The float64 sum of the arrays of ``shape`` that ``loop(blocks)``
+        yields per block (see :meth:`map`)."""
+        total = self.xp.zeros(shape, dtype=numpy.float64)
+        for part in self.map(loop):
+            total += part
+        return total
 
     def scratch(self, channels=None, dtype=None):
         """An uninitialised array for one block, ``(step, channels, P)``."""
@@ -242,14 +299,16 @@ def _moment_sums(xp, x3, t3, shift):
     Block by block (:class:`_Blocks`), the blocks' sums added in float64.
     """
     blocks = _Blocks(xp, x3.shape, x3.dtype)
-    diff, square = blocks.scratch(), blocks.scratch()
-    sums = xp.zeros((2, t3.shape[1], x3.shape[1]), dtype=numpy.float64)
-    for b in blocks:
-        xc = _shifted(xp, x3[b], shift, diff)
-        sq = xp.multiply(xc, xc, out=_part(square, xc.shape[0]))
-        sums[0] += _component_sums(xp, xc, t3[b])
-        sums[1] += _component_sums(xp, sq, t3[b])
-    return sums.astype(x3.dtype)
+
+    def loop(share):
+        diff, square = blocks.scratch(), blocks.scratch()
+        for b in share:
+            xc = _shifted(xp, x3[b], shift, diff)
+            sq = xp.multiply(xc, xc, out=_part(square, xc.shape[0]))
+            yield xp.stack((_component_sums(xp, xc, t3[b]),
+                            _component_sums(xp, sq, t3[b])))
+
+    return blocks.sum(loop, (2, t3.shape[1], x3.shape[1])).astype(x3.dtype)
 
 
 def _sums_statistics(xp, x3, t3, eps, reducer, shift):
@@ -340,30 +399,38 @@ def _apply_forward(xp, x3, a, gamma, beta, stats, relu):
         # Linear in x: y_i = x_i sum_k a_ik scale_k + sum_k a_ik offset_k,
         # both sums from one small product per sample.
         w = xp.concatenate((scale, offset), axis=1).T
-        expanded = blocks.scratch(2 * channels)
-        for b in blocks:
-            e = _expand(xp, w, a[b], expanded)
-            yb = y[b]
-            xp.multiply(_shifted(xp, x3[b], shift, yb), e[:, :channels],
-                        out=yb)
-            yb += e[:, channels:]
-        return y
-    scale, offset = blocks.per_channel(scale), blocks.per_channel(offset)
-    diff, z = blocks.scratch(), blocks.scratch()
-    for b in blocks:
-        xc = _shifted(xp, x3[b], shift, diff)
-        ab, yb = a[b], y[b]
-        if n_components == 0:
-            yb[...] = 0
-        for k in range(n_components):
-            # a_ik relu(z_ik), accumulated into y.
-            zk = yb if k == 0 else _part(z, xc.shape[0])
-            xp.multiply(xc, scale[k], out=zk)
-            zk += offset[k]
-            xp.maximum(zk, 0, out=zk)
-            zk *= ab[:, k:k + 1]
-            if k:
-                yb += zk
+
+        def loop(share):
+            expanded = blocks.scratch(2 * channels)
+            for b in share:
+                e = _expand(xp, w, a[b], expanded)
+                yb = y[b]
+                xp.multiply(_shifted(xp, x3[b], shift, yb), e[:, :channels],
+                            out=yb)
+                yb += e[:, channels:]
+                yield
+    else:
+        scale = blocks.per_channel(scale)
+        offset = blocks.per_channel(offset)
+
+        def loop(share):
+            diff, z = blocks.scratch(), blocks.scratch()
+            for b in share:
+                xc = _shifted(xp, x3[b], shift, diff)
+                ab, yb = a[b], y[b]
+                if n_components == 0:
+                    yb[...] = 0
+                for k in range(n_components):
+                    # a_ik relu(z_ik), accumulated into y.
+                    zk = yb if k == 0 else _part(z, xc.shape[0])
+                    xp.multiply(xc, scale[k], out=zk)
+                    zk += offset[k]
+                    xp.maximum(zk, 0, out=zk)
+                    zk *= ab[:, k:k + 1]
+                    if k:
+                        yb += zk
+                yield
+    blocks.map(loop)
     return y
 
 
@@ -553,15 +620,16 @@ class MixtureNormalizationGrad(function_node.FunctionNode):
     def _sums(self, xp, blocks, x3, a, g3):
         """``sum_i a_ik g_i`` and ``sum_i a_ik g_i (x_i - c)`` (``(2, K, C)``,
         float64)."""
-        diff, product = blocks.scratch(), blocks.scratch()
-        sums = xp.zeros((2,) + self.mean.shape, dtype=numpy.float64)
-        for b in blocks:
-            xc = _shifted(xp, x3[b], self.shift, diff)
-            gb, ab = g3[b], a[b]
-            sums[0] += _component_sums(xp, gb, ab)
-            sums[1] += _component_sums(xp, xp.multiply(
-                gb, xc, out=_part(product, xc.shape[0])), ab)
-        return sums
+        def loop(share):
+            diff, product = blocks.scratch(), blocks.scratch()
+            for b in share:
+                xc = _shifted(xp, x3[b], self.shift, diff)
+                gb, ab = g3[b], a[b]
+                gxc = xp.multiply(gb, xc, out=_part(product, xc.shape[0]))
+                yield xp.stack((_component_sums(xp, gb, ab),
+                                _component_sums(xp, gxc, ab)))
+
+        return blocks.sum(loop, (2,) + self.mean.shape)
 
     def _masked_sums(self, xp, blocks, x3, a, g3, gamma, beta, gx):
         """The sums of :meth:`_sums` with ``t_ik = a_ik g_i`` masked where
@@ -574,28 +642,37 @@ class MixtureNormalizationGrad(function_node.FunctionNode):
         scale = blocks.per_channel(scale)
         thresholds = blocks.per_channel(thresholds)
         n_components = a.shape[1]
-        diff, product, on, weight = (blocks.scratch() for _ in range(4))
-        sums = xp.zeros((2,) + self.mean.shape, dtype=numpy.float64)
-        for b in blocks:
-            xc = _shifted(xp, x3[b], self.shift, diff)
-            rows = xc.shape[0]
-            gb, ab, gxb = g3[b], a[b], gx[b]
-            gxc = xp.multiply(gb, xc, out=_part(product, rows))
-            if sign is not None:
-                xc = xp.multiply(xc, sign[:, None], out=_part(diff, rows))
-            onk, wk = _part(on, rows), _part(weight, rows)
-            gxb[...] = 0
-            for k in range(n_components):
-                # a_ik [z_ik > 0]: its sums with g and g (x - c), and the
-                # first term of gx.
-                xp.greater(xc, thresholds[k], out=onk)
-                xp.multiply(onk, ab[:, k:k + 1], out=wk)
-                sums[0, k] += xp.einsum('ncp,ncp->c', wk, gb)
-                sums[1, k] += xp.einsum('ncp,ncp->c', wk, gxc)
-                wk *= scale[k]
-                gxb += wk
-            gxb *= gb
-        return sums
+
+        def loop(share):
+            diff, product, on, weight = (blocks.scratch() for _ in range(4))
+            for b in share:
+                xc = _shifted(xp, x3[b], self.shift, diff)
+                rows = xc.shape[0]
+                gb, ab, gxb = g3[b], a[b], gx[b]
+                gxc = xp.multiply(gb, xc, out=_part(product, rows))
+                if sign is not None:
+                    xc = xp.multiply(xc, sign[:, None],
+                                     out=_part(diff, rows))
+                onk = _part(on, rows)
+                sums = xp.empty((2, n_components, xc.shape[1]),
+                                dtype=xc.dtype)
+                if n_components == 0:
+                    gxb[...] = 0
+                for k in range(n_components):
+                    # a_ik [z_ik > 0]: its sums with g and g (x - c), and
+                    # the first term of gx.
+                    xp.greater(xc, thresholds[k], out=onk)
+                    wk = gxb if k == 0 else _part(weight, rows)
+                    xp.multiply(onk, ab[:, k:k + 1], out=wk)
+                    sums[0, k] = xp.einsum('ncp,ncp->c', wk, gb)
+                    sums[1, k] = xp.einsum('ncp,ncp->c', wk, gxc)
+                    wk *= scale[k]
+                    if k:
+                        gxb += wk
+                gxb *= gb
+                yield sums
+
+        return blocks.sum(loop, (2,) + self.mean.shape)
 
     def _mean_terms(self, xp, blocks, x3, a, g3, gamma, s1, s2, gx):
         """The terms of ``gx`` in ``v_ik`` (and, for the linear form, the
@@ -617,19 +694,24 @@ class MixtureNormalizationGrad(function_node.FunctionNode):
         if not self.relu:
             w.append(gamma * inv_std)
         w = xp.concatenate(w, axis=1).T
-        diff, expanded = blocks.scratch(), blocks.scratch(w.shape[0])
-        for b in blocks:
-            xc = _shifted(xp, x3[b], self.shift, diff)
-            e = _expand(xp, w, a[b], expanded)
-            gxb = gx[b]
-            if self.relu:
-                gxb += e[:, :channels]
-            else:
-                xp.multiply(g3[b], e[:, 2 * channels:], out=gxb)
-                gxb += e[:, :channels]
-            e2 = e[:, channels:2 * channels]
-            e2 *= xc
-            gxb += e2
+
+        def loop(share):
+            diff, expanded = blocks.scratch(), blocks.scratch(w.shape[0])
+            for b in share:
+                xc = _shifted(xp, x3[b], self.shift, diff)
+                e = _expand(xp, w, a[b], expanded)
+                gxb = gx[b]
+                if self.relu:
+                    gxb += e[:, :channels]
+                else:
+                    xp.multiply(g3[b], e[:, 2 * channels:], out=gxb)
+                    gxb += e[:, :channels]
+                e2 = e[:, channels:2 * channels]
+                e2 *= xc
+                gxb += e2
+                yield
+
+        blocks.map(loop)
 
     def backward(self, indexes, grad_outputs):
         if self.reducer is not None:

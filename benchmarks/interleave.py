@@ -1,0 +1,57 @@
+"""Interleaved timing of several variants, for the BN vs MN benchmarks.
+
+On a shared machine the load changes during a run; timing the variants
+one after the other lets such a change hit one of them only.  Here every
+round times one call of each variant in turn, in reverse order every other
+round (which cancels a linear drift), so that the variants see the same
+load and a ratio taken within each round (:func:`round_ratios`) is far
+steadier than the ratio of two separately measured times.
+"""
+import statistics
+import time
+
+import numpy
+
+
+def synchronizer(device):
+    """A function that waits for ``device`` (no-op on the CPU)."""
+    if device.xp is numpy:
+        return lambda: None
+    return device.device.synchronize
+
+
+def interleaved(calls, rounds, sync, warmup=1):
+    """Seconds per call of each of ``calls`` (zero-argument functions).
+
+    Args:
+        calls (sequence): The variants.
+        rounds (int): Timed rounds (one call of each variant per round).
+        sync: Waits for the device (see :func:`synchronizer`).
+        warmup (int): Untimed rounds first.
+
+    Returns:
+        list: One list of ``rounds`` times (seconds) per variant.
+    """
+    times = [[] for _ in calls]
+    for r in range(warmup + rounds):
+        order = list(range(len(calls)))
+        if r % 2:
+            order.reverse()
+        for i in order:
+            sync()
+            start = time.perf_counter()
+            calls[i]()
+            sync()
+            if r >= warmup:
+                times[i].append(time.perf_counter() - start)
+    return times
+
+
+def round_ratios(times, reference):
+    """Per-round ratios ``times / reference`` (same rounds)."""
+    return [t / r for t, r in zip(times, reference)]
+
+
+def median_ratio(times, reference):
+    """Median over the rounds of ``times / reference``."""
+    return statistics.median(round_ratios(times, reference))
