@@ -21,8 +21,8 @@ pool), measured in a separate untimed call.
     python benchmarks/bench_layer.py --device 0   # GPU 0 (cuDNN BN)
 """
 import argparse
+import functools
 import statistics
-import time
 import tracemalloc
 
 import numpy
@@ -31,6 +31,7 @@ import chainer
 import chainer.functions as F
 import chainer.links as L
 
+import interleave
 import mn_chainer.links as ML
 
 
@@ -43,23 +44,6 @@ def _call(link, x, gy, relu):
     y.grad = gy
     y.backward()
     link.cleargrads()
-
-
-def _time(links, x, gy, relu, repeats, sync):
-    """Seconds per call of each link, alternating them call by call."""
-    times = [[] for _ in links]
-    for i in range(repeats + 1):
-        order = list(range(len(links)))
-        if i % 2:
-            order.reverse()  # cancels a linear drift of the load
-        for j in order:
-            sync()
-            start = time.perf_counter()
-            _call(links[j], x, gy, relu)
-            sync()
-            if i:  # the first round is a warm-up
-                times[j].append(time.perf_counter() - start)
-    return times
 
 
 def _peak_bytes(link, x, gy, relu, xp, sync):
@@ -109,12 +93,7 @@ def main(argv=None):
     device = chainer.get_device(args.device)
     device.use()
     xp = device.xp
-    if xp is numpy:
-        def sync():
-            pass
-    else:
-        def sync():
-            xp.cuda.Device().synchronize()
+    sync = interleave.synchronizer(device)
     forms = {'off': [False], 'on': [True], 'both': [False, True]}[args.relu]
 
     print('Device: {}, chainer {}, numpy {}'.format(
@@ -146,8 +125,9 @@ def main(argv=None):
                             sample_ratio=ratio, relu=relu, seed=0)
                         mn.to_device(device)
                         with chainer.using_config('train', True):
-                            t_bn, t_mn = _time((bn, mn), x, gy, relu,
-                                               args.repeats, sync)
+                            t_bn, t_mn = interleave.interleaved(
+                                [functools.partial(_call, link, x, gy, relu)
+                                 for link in (bn, mn)], args.repeats, sync)
                             if args.no_memory:
                                 m_bn = m_mn = float('nan')
                             else:
@@ -158,8 +138,7 @@ def main(argv=None):
                             form, n, c, k, ratio,
                             statistics.median(t_bn) * 1e3,
                             statistics.median(t_mn) * 1e3,
-                            statistics.median(
-                                b / m for b, m in zip(t_mn, t_bn)),
+                            interleave.median_ratio(t_mn, t_bn),
                             m_bn, m_mn, m_mn / m_bn))
                         print('{} N={:4d} C={:4d} K={} ratio={:.2f}  BN '
                               '{:8.2f} ms  MN {:8.2f} ms  MN/BN {:.2f}  '

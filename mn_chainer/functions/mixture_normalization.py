@@ -39,6 +39,10 @@ import numbers
 import threading
 
 import numpy
+try:
+    import threadpoolctl
+except ImportError:  # optional: without it BLAS keeps its own threads
+    threadpoolctl = None
 
 import chainer
 from chainer import backend
@@ -92,6 +96,45 @@ def _pool(workers):
         return _pools[workers]
 
 
+class _OneBlasThread(object):
+
+    """While a loop of the transform runs: BLAS on one thread.
+
+    The matrix products of the loops are small (``K`` columns, one block of
+    samples); a multi-threaded BLAS wakes its threads for each of them,
+    which costs more than the product (up to three times the time of the
+    plain transform's products on two busy cores), and the loops' own
+    threads already share the work.  Uses :mod:`threadpoolctl` when it is
+    installed (a no-op otherwise); the limit is process-wide, set while
+    any loop runs and restored after the last one.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._users = 0
+        self._controller = None
+        self._limiter = None
+
+    def __enter__(self):
+        with self._lock:
+            if self._users == 0 and threadpoolctl is not None:
+                if self._controller is None:
+                    self._controller = threadpoolctl.ThreadpoolController()
+                self._limiter = self._controller.limit(limits=1,
+                                                       user_api='blas')
+            self._users += 1
+
+    def __exit__(self, *exc_info):
+        with self._lock:
+            self._users -= 1
+            if self._users == 0 and self._limiter is not None:
+                self._limiter.restore_original_limits()
+                self._limiter = None
+
+
+_one_blas_thread = _OneBlasThread()
+
+
 class _Blocks(object):
 
     """Blocks of samples of activations ``(N, C, P)`` and their scratch.
@@ -125,14 +168,15 @@ class _Blocks(object):
         """``loop(blocks)`` for every share of the blocks, the first on this
         thread; returns the lists it returns, concatenated in block order
         (so that their sum does not depend on the threads)."""
-        if len(self.shares) == 1:
+        if self.xp is not numpy:
             return list(loop(self.shares[0]))
-        futures = [_pool(len(self.shares) - 1).submit(
-            lambda share: list(loop(share)), share)
-            for share in self.shares[1:]]
-        out = list(loop(self.shares[0]))
-        for future in futures:
-            out.extend(future.result())
+        with _one_blas_thread:
+            futures = [_pool(len(self.shares) - 1).submit(
+                lambda share: list(loop(share)), share)
+                for share in self.shares[1:]]
+            out = list(loop(self.shares[0]))
+            for future in futures:
+                out.extend(future.result())
         return out
 
     def sum(self, loop, shape):
