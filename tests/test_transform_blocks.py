@@ -258,3 +258,38 @@ def test_threads_give_the_same_bits(blocks_of, monkeypatch, threads, relu,
                           _expected(x, tau, gamma, beta, gy, relu)):
         _assert_close(a, b, 1e-10 if dtype == numpy.float64 else 2e-6,
                       name)
+
+
+def test_blas_on_one_thread_while_the_loops_run(monkeypatch):
+    """The small products of the loops run with BLAS on one thread; the
+    setting is restored afterwards, also when a loop raises."""
+    threadpoolctl = pytest.importorskip('threadpoolctl')
+
+    def blas_threads():
+        return [info['num_threads'] for info in
+                threadpoolctl.threadpool_info()
+                if info['user_api'] == 'blas']
+
+    before = blas_threads()
+    if not before:
+        pytest.skip('no BLAS library found by threadpoolctl')
+    seen = []
+    expand = mn_module._expand
+
+    def spy(*args, **kwargs):
+        seen.append(blas_threads())
+        return expand(*args, **kwargs)
+
+    monkeypatch.setattr(mn_module, '_expand', spy)
+    x, tau, gamma, beta, gy = _inputs((4, 3, 2, 2), 2, seed=9)
+    _forward_backward(x, tau, gamma, beta, gy, False)
+    assert seen and all(threads == [1] * len(before) for threads in seen)
+    assert blas_threads() == before
+
+    def fail(*args, **kwargs):
+        raise RuntimeError('in a loop')
+
+    monkeypatch.setattr(mn_module, '_expand', fail)
+    with pytest.raises(RuntimeError, match='in a loop'):
+        _forward_backward(x, tau, gamma, beta, gy, False)
+    assert blas_threads() == before
