@@ -6,7 +6,9 @@ A run directory of ``train_cifar.py`` or ``train_dcgan.py`` holds
   JSON list with one object per report (per epoch for the CIFAR runs), each
   with at least ``epoch`` and ``iteration``;
 * ``args.json``: a JSON object, the settings the run used (see
-  :mod:`mn_chainer.train`).
+  :mod:`mn_chainer.train`);
+* ``finetuned.json`` (CIFAR runs with ``--finetune-batches``): a JSON list,
+  the test accuracy after fine-tuning (:func:`load_finetuned`).
 
 This module is the one place that reads them (``mn-compare``, ``mn-plot``,
 the demo and the study runner go through it), so that a missing, empty,
@@ -28,6 +30,10 @@ LOG_FILE = 'log'
 
 #: File name of the run's settings in a run directory.
 ARGS_FILE = 'args.json'
+
+#: File name of the evaluations after fine-tuning (``train_cifar.py
+#: --finetune-batches``) in a run directory.
+FINETUNED_FILE = 'finetuned.json'
 
 
 class LogError(ValueError):
@@ -105,21 +111,57 @@ def load_log(path):
     if not os.path.exists(path):
         raise LogError(path, 'no such file (not a run directory, or the run '
                              'stopped before its first report)')
-    log = _read_json(path)
-    if not isinstance(log, list):
-        raise LogError(path, 'not a LogReport log (expected a JSON list of '
-                             'entries, got a JSON {})'.format(
-                                 type(log).__name__))
-    for i, entry in enumerate(log):
+    return _entries(path, 'LogReport log', ('epoch', 'iteration'))
+
+
+def _entries(path, what, keys):
+    """Reads a JSON list of objects that each have numeric ``keys``."""
+    entries = _read_json(path)
+    if not isinstance(entries, list):
+        raise LogError(path, 'not a {} (expected a JSON list of entries, got '
+                             'a JSON {})'.format(what, type(entries).__name__))
+    for i, entry in enumerate(entries):
         if not isinstance(entry, dict):
             raise LogError(path, 'entry {} is not a JSON object'.format(i))
-        for key in ('epoch', 'iteration'):
+        for key in keys:
             value = entry.get(key)
             if isinstance(value, bool) or not isinstance(
                     value, numbers.Real):
                 raise LogError(path, 'entry {} has no numeric "{}"'.format(
                     i, key))
-    return log
+    return entries
+
+
+def load_finetuned(run_dir):
+    """Reads the evaluations after fine-tuning of a run (``finetuned.json``).
+
+    ``train_cifar.py --finetune-batches N`` fine-tunes every BN and MN layer
+    after the training (population statistics) and classifies the test
+    split once more (see :mod:`mn_chainer.train`). Each such evaluation is
+    one entry: ``epoch`` and ``iteration`` of the trained state (its
+    ``snapshot``), ``finetune_batches``, ``batchsize`` (per worker) and
+    ``n_workers`` of the fine-tuning, and the test ``accuracy`` (a fraction
+    of the images), ``loss``, ``n_images``, ``seconds`` (inference) and
+    ``finetune_seconds``; oldest first, one entry per trained state and
+    fine-tuning setting.
+
+    Args:
+        run_dir (str): The run directory.
+
+    Returns:
+        list of dict: The entries (empty when the run has no such file).
+
+    Raises:
+        LogError: If the file exists but is unreadable, empty, truncated,
+            not JSON, or not a list of objects with numeric ``epoch``,
+            ``iteration``, ``finetune_batches`` and ``accuracy``.
+
+    """
+    path = os.path.join(run_dir, FINETUNED_FILE)
+    if not os.path.lexists(path):
+        return []
+    return _entries(path, 'record of fine-tuned evaluations', (
+        'epoch', 'iteration', 'finetune_batches', 'accuracy'))
 
 
 def load_args(run_dir):

@@ -2,10 +2,11 @@
 
 A training run (``train_cifar.py``, ``train_dcgan.py``) writes everything
 into its directory (``--out``): the settings ``args.json``, the LogReport
-``log``, snapshots ``snapshot_epoch_<n>`` / ``snapshot_iter_<n>``, plots and
-``mixtures.npz``. Mixing two runs there would be silent data loss (a log of
-one run labelled with the settings of another, a stale snapshot of a longer
-run beside a newer one), so the trainers follow these rules:
+``log``, snapshots ``snapshot_epoch_<n>`` / ``snapshot_iter_<n>``, plots,
+``mixtures.npz`` and ``finetuned.json``. Mixing two runs there would be
+silent data loss (a log of one run labelled with the settings of another, a
+stale snapshot of a longer run beside a newer one), so the trainers follow
+these rules:
 
 * a new run goes into a directory that holds no run (:func:`run_files`);
   otherwise it is refused with a message that says how to resume the run
@@ -37,7 +38,7 @@ except ImportError:  # not POSIX: no locking
 
 
 #: Files of a run directory that show it holds a run.
-RUN_MARKERS = ('args.json', 'log', 'mixtures.npz')
+RUN_MARKERS = ('args.json', 'log', 'mixtures.npz', 'finetuned.json')
 
 #: Snapshot file names of the trainers: ``snapshot_epoch_<n>`` (CIFAR) and
 #: ``snapshot_iter_<n>`` (DCGAN).
@@ -53,7 +54,8 @@ _TEMPORARY_PATTERN = re.compile(
 
 #: Temporary files of :func:`write_json` and :func:`write_npz` in a run
 #: directory.
-_ATOMIC_TEMPORARIES = ('args.json.tmp', 'mixtures.npz.tmp')
+_ATOMIC_TEMPORARIES = ('args.json.tmp', 'mixtures.npz.tmp',
+                       'finetuned.json.tmp')
 
 #: Name of the lock file in a run directory.
 LOCK_FILE = '.lock'
@@ -201,21 +203,32 @@ class RunLock(object):
 
     """An exclusive lock on a run directory while a process writes it.
 
-    The lock is an advisory ``flock`` on ``<dir>/.lock``; the kernel
-    releases it when the process ends, however it ends, so a killed run
-    never leaves a directory locked. (Without ``fcntl``, i.e. not on POSIX,
-    it does nothing.)
+    The lock is an advisory ``flock`` on ``<dir>/.lock`` holding the
+    owner's process id; the kernel releases it when the process ends,
+    however it ends, so a killed run never leaves a directory locked.
+    (Without ``fcntl``, i.e. not on POSIX, it does nothing.) Other
+    directories written by one process at a time lock the same way in a
+    subclass that names its own :attr:`file_name` and :attr:`in_use`
+    message (:class:`mn_chainer.study.StudyLock`).
 
     Args:
-        path (str): The run directory (it must exist).
+        path (str): The directory (it must exist).
 
     Raises:
         RunDirError: If another process holds the lock.
 
     """
 
+    #: Name of the lock file in the directory.
+    file_name = LOCK_FILE
+
+    #: Message of the error when the lock is held (``{path}``: the
+    #: directory, ``{owner}``: the holder's process id).
+    in_use = ('{path} is in use by another run (process {owner}); wait for '
+              'it or write elsewhere with --out')
+
     def __init__(self, path):
-        self.path = os.path.join(path, LOCK_FILE)
+        self.path = os.path.join(path, self.file_name)
         self._file = None
         if fcntl is None:
             return
@@ -227,9 +240,7 @@ class RunLock(object):
             owner = f.read().strip() or 'unknown'
             f.close()
             if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise RunDirError(
-                    '{} is in use by another run (process {}); wait for it '
-                    'or write elsewhere with --out'.format(path, owner))
+                raise RunDirError(self.in_use.format(path=path, owner=owner))
             raise
         f.seek(0)
         f.truncate()
@@ -333,6 +344,12 @@ def check(out, resume=None, overwrite=False):
             how, os.path.normpath(out), _next_old(out)))
 
 
+def moves_aside(out, overwrite=False, resume=None):
+    """Whether :func:`claim` moves a run found in ``out`` aside: with
+    ``overwrite``, unless ``resume`` is that run's latest snapshot."""
+    return bool(overwrite and run_files(out) and not _continues(out, resume))
+
+
 def claim(out, overwrite=False, resume=None):
     """Makes ``out`` this run's: the writes of :func:`check`'s plan.
 
@@ -350,7 +367,7 @@ def claim(out, overwrite=False, resume=None):
 
     """
     moved = None
-    if overwrite and run_files(out) and not _continues(out, resume):
+    if moves_aside(out, overwrite, resume):
         moved = move_aside(out)
     try:
         os.makedirs(out, exist_ok=True)

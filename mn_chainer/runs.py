@@ -303,12 +303,16 @@ def prepare(args, program, destinations, flags, may_change, resolve,
 
 
 def train(trainer, settings, recorded, changes, argv, overwrite, comm,
-          print_header):
+          print_header, finish=None):
     """Step 3 and the training: :func:`start`, then ``trainer.run()``.
 
     Args:
         print_header (callable): ``print_header(moved_to)`` prints the run's
             header on worker 0 (``moved_to``: see :func:`start`).
+        finish (callable or None): ``finish(trainer)``, called on every
+            worker once the training has ended without an error, while the
+            run directory is still locked (e.g. a final evaluation that
+            writes into it).
         Others: as :func:`start`.
 
     Returns:
@@ -323,6 +327,8 @@ def train(trainer, settings, recorded, changes, argv, overwrite, comm,
         if main_worker:
             print_header(moved)
         trainer.run(show_loop_exception_msg=cli.debug_requested(argv))
+        if finish is not None:
+            finish(trainer)
     finally:
         if lock is not None:
             lock.release()

@@ -20,7 +20,10 @@ for an interrupted run, ``--resume``. A run's console output goes to
 ``<out>/<row>/seed<k>.out``. The command is resumable: run it again and
 
 * a finished run (its ``log`` reaches the planned epochs of its
-  ``args.json``) is skipped;
+  ``args.json`` and, for a run with ``--finetune-batches``, its
+  ``finetuned.json`` holds the evaluation of its last epoch) is skipped;
+* a run stopped while fine-tuning resumes from its last snapshot (it only
+  fine-tunes);
 * an interrupted run resumes from its last ``snapshot_epoch_<n>``;
 * an interrupted run without a snapshot (stopped in its first epoch) is
   moved aside into ``<out>/.aside/`` (never deleted) and starts again.
@@ -58,7 +61,6 @@ mismatched runs, a failed training run).
 """
 import argparse
 import collections
-import fcntl
 import json
 import os
 import re
@@ -71,6 +73,7 @@ import time
 import mn_chainer.cli
 import mn_chainer.compare
 import mn_chainer.logs
+import mn_chainer.rundir
 import mn_chainer.stats
 import mn_chainer.study_report
 
@@ -82,9 +85,6 @@ RESERVED_FLAGS = ('--preset', '--seed', '--out', '-o', '--resume', '-r',
 #: Environment variables that size the thread pools of a run.
 THREAD_VARIABLES = ('OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS',
                     'MKL_NUM_THREADS')
-
-_SNAPSHOT = re.compile(r'^snapshot_epoch_(\d+)$')
-
 
 # ---------------------------------------------------------------------------
 # Running a study
@@ -98,14 +98,12 @@ def row_directory(preset):
 
 def _snapshots(path):
     """``[(epoch, path)]`` of the ``snapshot_epoch_<n>`` files, by epoch."""
-    if not os.path.isdir(path):
-        return []
     found = []
-    for name in os.listdir(path):
-        match = _SNAPSHOT.match(name)
-        if match and os.path.isfile(os.path.join(path, name)):
-            found.append((int(match.group(1)), os.path.join(path, name)))
-    return sorted(found)
+    for name in mn_chainer.rundir.snapshots(path):
+        kind, number = mn_chainer.rundir.SNAPSHOT_PATTERN.match(name).groups()
+        if kind == 'epoch':
+            found.append((int(number), os.path.join(path, name)))
+    return found
 
 
 def _test_accuracies(path):
@@ -130,6 +128,20 @@ def _read_args(path):
         return mn_chainer.logs.load_args(path)
     except (OSError, ValueError):
         return None
+
+
+def _finetuned(path, args, epoch):
+    """Whether a run's ``--finetune-batches`` evaluation of ``epoch`` is
+    recorded (True for a run without fine-tuning)."""
+    n_batches = (args or {}).get('finetune_batches')
+    if not n_batches:
+        return True
+    try:
+        entries = mn_chainer.logs.load_finetuned(path)
+    except (OSError, ValueError):
+        return False
+    return any(e['epoch'] == epoch and e['finetune_batches'] == n_batches
+               for e in entries)
 
 
 class PlannedRun(object):
@@ -183,7 +195,8 @@ class PlannedRun(object):
             self._check_identity(args)
             self.planned_epochs = args.get('epoch')
         done = _logged_epoch(self.path)
-        if self.planned_epochs is not None and done >= self.planned_epochs:
+        if (self.planned_epochs is not None and done >= self.planned_epochs
+                and _finetuned(self.path, args, done)):
             self.start_epoch = done
             return 'finished'
         snapshots = _snapshots(self.path)
@@ -321,28 +334,22 @@ def _raise_stopped(signum, frame):
     raise _Stopped()
 
 
-class StudyLock(object):
+class StudyLock(mn_chainer.rundir.RunLock):
 
-    """An exclusive lock on a study directory (``<out>/.study.lock``)."""
+    """An exclusive lock on a study directory while ``mn-study run`` uses it.
 
-    def __init__(self, out):
-        self.path = os.path.join(out, '.study.lock')
-        self._file = None
+    The lock of a run directory (:class:`mn_chainer.rundir.RunLock`: a
+    ``flock`` the kernel releases when the process ends) in its own file,
+    ``<out>/.study.lock``: the study's runs lock their own directories
+    below it while they train. Acquired when created; a context manager.
 
-    def __enter__(self):
-        self._file = open(self.path, 'a')
-        try:
-            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self._file.close()
-            raise mn_chainer.cli.CommandError(
-                '{}: another mn-study run is using this directory'.format(
-                    os.path.dirname(self.path)))
-        return self
+    Raises:
+        mn_chainer.cli.CommandError: If another ``mn-study run`` holds it.
+    """
 
-    def __exit__(self, *exc):
-        fcntl.flock(self._file, fcntl.LOCK_UN)
-        self._file.close()
+    file_name = '.study.lock'
+    in_use = '{path}: another mn-study run is using this directory ' \
+        '(process {owner})'
 
 
 def _check_study_file(out, runs, trainer_flags):

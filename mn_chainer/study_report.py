@@ -39,11 +39,11 @@ ACCURACY_KEY = mn_chainer.logs.ACCURACY_KEY
 #: the seed (and what it draws: the data subset and so its pixel
 #: statistics), where and on what a run ran (the path of its data file: the
 #: same images may lie elsewhere), how it was started and resumed, and what
-#: it dumped besides its log.
+#: it dumped besides its log and what it evaluated after its training.
 RUN_SPECIFIC_SETTINGS = frozenset([
     'seed', 'pixel_mean', 'pixel_std', 'out', 'data', 'device',
     'loaderjob', 'communicator', 'resume', 'resumes', 'argv',
-    'dump_mixtures', 'dump_every',
+    'dump_mixtures', 'dump_every', 'finetune_batches',
 ])
 
 #: Settings that make a group what it is (its normalization and paper row):

@@ -42,8 +42,39 @@ contradicts the snapshot is refused. Runs with the same ``--seed`` (and no
 under ``mpiexec`` with ``--communicator`` (each worker's augmentation is
 seeded from the seed and its rank, and the snapshot holds every worker's
 random streams).
+
+``--finetune-batches N`` (issue 16) ends the run with population
+statistics: after the training, every BN and MN layer is fine-tuned over
+``N`` batches of the training split
+(:func:`mn_chainer.evaluate.finetune_population`: seeded order, the
+training's augmentation; with ChainerMN every worker runs ``N`` batches of
+its share, each worker's BN statistics are its own and MN's population
+mixture is fitted over all of them), and the test split is classified once
+more in test mode with them: BN's population mean and variance, MN's
+population mixture (Eqs. 38-39 with one entry). The result is an entry of
+``finetuned.json`` (:func:`mn_chainer.logs.load_finetuned`; written
+atomically, the ``log`` is left as it is), with the test accuracy over the
+images (Chainer's ``Evaluator`` in the ``log`` averages over batches: the
+two differ where the batch size does not divide the test split). The
+snapshots keep the trained state (BN's running averages, MN's queue).
+
+The fine-tuning batches depend on the seed, the worker, the batch size and
+``N`` only, so the entry is a function of the final snapshot: a run that
+was trained without the flag, or stopped while fine-tuning, is fine-tuned
+by resuming it (``--resume RUN --finetune-batches N``: nothing is left to
+train, it fine-tunes and records what the uninterrupted run would have
+recorded; ``mn-study run`` does this for such runs). A resume may change
+``N`` (recorded under ``resumes``); left out, it is the snapshot's, as
+every flag (a resume that only fine-tuned wrote no snapshot: give the flag
+again). A resumed run that trains further fine-tunes again at its new end
+and adds an entry (each names its epoch; the same state fine-tuned again
+with the same setting replaces its entry).
+For a single-process run, ``mn-evaluate RUN --inference population
+--finetune-batches N`` gives the entry's accuracy and loss again.
 """
 import argparse
+import functools
+import os
 import sys
 
 import matplotlib
@@ -56,10 +87,13 @@ from chainer.training import extensions
 
 from mn_chainer import cli
 import mn_chainer.datasets
+from mn_chainer import evaluate
 import mn_chainer.extensions
 import mn_chainer.links
+from mn_chainer import logs
 import mn_chainer.optimizers
 import mn_chainer.presets
+from mn_chainer import rundir
 from mn_chainer import runs
 import models
 
@@ -98,13 +132,14 @@ FLAGS = {
     'epoch': '--epoch', 'device': '--device', 'loaderjob': '--loaderjob',
     'data': '--data', 'communicator': '--communicator',
     'dump_mixtures': '--dump-mixtures', 'dump_every': '--dump-every',
+    'finetune_batches': '--finetune-batches',
 }
 
 #: Settings a resumed run may change: they are applied and recorded. Every
 #: other setting of :data:`FLAGS` is the snapshot's, and a flag that
 #: contradicts it is refused.
 RESUME_MAY_CHANGE = ('epoch', 'device', 'loaderjob', 'data', 'communicator',
-                     'dump_mixtures', 'dump_every')
+                     'dump_mixtures', 'dump_every', 'finetune_batches')
 
 #: argparse destination -> settings key of the flags a resume takes from
 #: its snapshot when they are left out (``--plain-mn`` is the negation of
@@ -154,6 +189,12 @@ def get_parser():
     group.add_argument('--seed', type=int,
                        help='seed of NumPy/CuPy, the augmentation, the data '
                        'subsets and every MN layer (default: 0)')
+    group.add_argument('--finetune-batches', type=cli.non_negative(int),
+                       metavar='N',
+                       help='after training, fine-tune every BN and MN '
+                       'layer over N training batches (population '
+                       'statistics) and evaluate the test split again, '
+                       'recorded in <out>/finetuned.json (default: 0, off)')
 
     group = parser.add_argument_group('model')
     group.add_argument('--preset',
@@ -296,6 +337,7 @@ def resolve_settings(args, parser=None):
         communicator=args.communicator,
         dump_mixtures=list(args.dump_mixtures or []),
         dump_every=(args.dump_every or 1) if args.dump_mixtures else None,
+        finetune_batches=args.finetune_batches or 0,
         out=args.out,
         resume=args.resume,
     )
@@ -364,6 +406,11 @@ def main(argv=None):
 
     settings, recorded, changes, comm = runs.prepare(
         args, PROG, _RECORDED, FLAGS, RESUME_MAY_CHANGE, _resolve, 'result')
+    if settings['finetune_batches'] and not rundir.moves_aside(
+            settings['out'], args.overwrite, settings['resume']):
+        # A record that cannot take the new entry stops the run now, not
+        # after its training.
+        cli.on_main_worker(comm, lambda: _finetuned(settings['out']))
     rank = 0 if comm is None else comm.rank
     device = cli.worker_device(settings['device'], comm)
     n_class = mn_chainer.datasets.N_CLASSES[settings['dataset']]
@@ -396,9 +443,14 @@ def main(argv=None):
 
     trainer = _build_trainer(settings, train, test, device, comm,
                              args.no_progress)
+    finish = None
+    if settings['finetune_batches']:
+        finish = functools.partial(_finetune_and_evaluate, train=train,
+                                   test=test, settings=settings,
+                                   device=device, comm=comm)
     return runs.train(trainer, settings, recorded, changes, argv,
                       args.overwrite, comm, lambda moved: _print_header(
-                          device, settings, comm, moved))
+                          device, settings, comm, moved), finish)
 
 
 def _resolve(args, recorded):
@@ -410,17 +462,7 @@ def _resolve(args, recorded):
 
 def _build_trainer(settings, train, test, device, comm, no_progress):
     """The model, optimizer, iterators, trainer and its extensions."""
-    mn_kwargs = None
-    if settings['mn_layers']:
-        mn_kwargs = dict(n_components=settings['n_components'],
-                         em_iter=settings['em_iter'],
-                         relu=settings['mn_relu'], seed=settings['seed'])
-        if comm is not None:
-            mn_kwargs['comm'] = comm
-    predictor = models.get_model(
-        settings['model'], n_class=settings['n_class'],
-        mn_layers=settings['mn_layers'] or None, mn_kwargs=mn_kwargs,
-        **_model_kwargs(settings))
+    predictor = models.get_model_from_settings(settings, comm)
     settings['mn_norms'] = [name for name, _ in
                             mn_chainer.links.iter_mixture_normalizations(
                                 predictor)]
@@ -504,6 +546,45 @@ def _extend_reporting(trainer, test_iter, model, predictor, device, settings,
         'snapshot_epoch_{.updater.epoch}'), trigger=(1, 'epoch'))
 
 
+def _finetuned(out):
+    """The entries of ``<out>/finetuned.json`` (a one-line error if it
+    cannot be read)."""
+    try:
+        return logs.load_finetuned(out)
+    except logs.LogError as e:
+        raise cli.CommandError('{} (move it away to fine-tune this run '
+                               'again)'.format(e))
+
+
+def _finetune_and_evaluate(trainer, train, test, settings, device, comm):
+    """After the training: population statistics from ``--finetune-batches``
+    batches on every worker, then worker 0 classifies the test split and
+    adds the entry to ``finetuned.json`` (see the module doc)."""
+    model = trainer.updater.get_optimizer('main').target
+    rank = 0 if comm is None else comm.rank
+    entry = evaluate.finetune_population(
+        model, train, settings['seed'], settings['batchsize'],
+        settings['finetune_batches'], device, rank)
+    if rank != 0:
+        return
+    entry.update(evaluate.classify(model.predictor, test,
+                                   settings['batchsize'], device))
+    epoch, iteration = trainer.updater.epoch, trainer.updater.iteration
+    entry.update(epoch=epoch, iteration=iteration,
+                 snapshot='snapshot_epoch_{}'.format(epoch),
+                 batchsize=settings['batchsize'],
+                 n_workers=settings['n_workers'])
+    same = ('iteration', 'finetune_batches', 'batchsize', 'n_workers')
+    entries = [e for e in _finetuned(trainer.out)
+               if any(e.get(k) != entry[k] for k in same)]
+    path = os.path.join(trainer.out, logs.FINETUNED_FILE)
+    rundir.write_json(path, entries + [entry])
+    print('# epoch {}, population statistics from {} fine-tuning batches: '
+          'test accuracy {:.2f}%, loss {:.4f} ({})'.format(
+              epoch, entry['finetune_batches'], 100 * entry['accuracy'],
+              entry['loss'], path))
+
+
 def _print_header(device, settings, comm, moved):
     print('# device: {}{}'.format(
         device, '' if comm is None else ' x {} workers ({})'.format(
@@ -521,5 +602,10 @@ def _print_header(device, settings, comm, moved):
                   settings['weight_decay'], settings['batchsize'],
                   '' if comm is None else ' per worker',
                   settings['epoch']))
+    if settings['finetune_batches']:
+        print('# then: fine-tune over {} batches{}, test accuracy with '
+              'population statistics into finetuned.json'.format(
+                  settings['finetune_batches'],
+                  '' if comm is None else ' per worker'))
     for line in runs.describe_start(settings, moved, FLAGS) + ['']:
         print(line)

@@ -134,6 +134,9 @@ def test_claim_moves_aside_creates_and_locks(tmp_path):
     rundir.check(out)
     # Resuming its latest snapshot, the run continues where it is.
     latest = _touch(os.path.join(out, 'snapshot_epoch_3'))
+    assert not rundir.moves_aside(out, True, latest)
+    assert not rundir.moves_aside(out, False)
+    assert rundir.moves_aside(out, True)
     lock, moved = rundir.claim(out, overwrite=True, resume=latest)
     lock.release()
     assert moved is None and os.path.exists(latest)

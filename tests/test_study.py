@@ -24,6 +24,7 @@ import pytest
 
 import mn_chainer.cli
 import mn_chainer.logs
+import mn_chainer.rundir
 from mn_chainer import plot
 from mn_chainer import stats
 from mn_chainer import study
@@ -790,6 +791,29 @@ def test_run_one_study_per_directory(tmp_path, fake):
                            'using this directory'):
             run_study(out, fake)
     assert run_study(out, fake, seeds=(0,)) == 0
+
+
+@pytest.mark.skipif(mn_chainer.rundir.fcntl is None, reason='no fcntl')
+def test_study_lock_is_a_run_lock_of_its_own(tmp_path):
+    out = str(tmp_path)
+    code = ('import sys\nfrom mn_chainer import study\ntry:\n'
+            '    study.StudyLock(sys.argv[1])\n'
+            'except study.mn_chainer.cli.CommandError as e:\n'
+            '    print(e)\n    sys.exit(3)\n')
+    with study.StudyLock(out) as lock:
+        assert lock.path == os.path.join(out, '.study.lock')
+        # Another process is kept out and told who holds it.
+        result = subprocess.run([sys.executable, '-c', code, out],
+                                stdout=subprocess.PIPE,
+                                universal_newlines=True, timeout=120)
+        assert result.returncode == 3
+        assert result.stdout.strip() == (
+            '{}: another mn-study run is using this directory (process {})'
+            .format(out, os.getpid()))
+        # A run directory's lock is another file.
+        mn_chainer.rundir.RunLock(out).release()
+    result = subprocess.run([sys.executable, '-c', code, out], timeout=120)
+    assert result.returncode == 0
 
 
 def test_run_cli(tmp_path, fake, capsys):
