@@ -35,6 +35,7 @@ each, with thresholds on ``sign(gamma) x``.  CuPy takes the batch at once.
 """
 import collections
 import concurrent.futures
+import functools
 import numbers
 import threading
 
@@ -84,16 +85,12 @@ THREADS = None
 #: threads (waking one costs ~0.1 ms).
 MIN_ELEMENTS_PER_THREAD = 1 << 18
 
-_pool_lock = threading.Lock()
-_pools = {}
 
-
+@functools.lru_cache(maxsize=None)
 def _pool(workers):
-    with _pool_lock:
-        if workers not in _pools:
-            _pools[workers] = concurrent.futures.ThreadPoolExecutor(
-                workers, thread_name_prefix='mn_chainer_transform')
-        return _pools[workers]
+    """The loops' pool of ``workers`` threads (made once)."""
+    return concurrent.futures.ThreadPoolExecutor(
+        workers, thread_name_prefix='mn_chainer_transform')
 
 
 class _OneBlasThread(object):
