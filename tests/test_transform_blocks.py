@@ -2,8 +2,8 @@
 
 On NumPy the forward and backward passes of
 :func:`mn_chainer.functions.mixture_normalization` visit the batch in blocks
-of about :data:`~mn_chainer.functions.mixture_normalization.BLOCK_BYTES`
-bytes, and the per-component ReLU of Eq. 40 is evaluated through
+of about :data:`mn_chainer.functions.batch_blocks.BLOCK_BYTES` bytes, shared
+among threads, and the per-component ReLU of Eq. 40 is evaluated through
 thresholds on ``sign(gamma) x``.  These tests shrink the blocks to one or a
 few samples (with a last, shorter block) and check every output against the
 float64 references of :mod:`mn_reference` (written from the equations), with
@@ -22,6 +22,7 @@ from chainer import gradient_check
 import chainer.functions as F
 
 import mn_chainer.functions as MF
+from mn_chainer.functions import batch_blocks
 import mn_reference
 
 
@@ -40,7 +41,7 @@ def blocks_of(monkeypatch):
     """Sets the blocks to ``samples`` samples of ``x`` (None: one block)."""
     def set_blocks(x, samples):
         sample_bytes = x[0].size * max(x.dtype.itemsize, 4)
-        monkeypatch.setattr(mn_module, 'BLOCK_BYTES',
+        monkeypatch.setattr(batch_blocks, 'BLOCK_BYTES',
                             1 << 40 if samples is None
                             else samples * sample_bytes)
     return set_blocks
@@ -245,11 +246,11 @@ def test_threads_give_the_same_bits(blocks_of, monkeypatch, threads, relu,
     x, tau, gamma, beta, gy = _inputs((11, 4, 3, 3), 3, seed=8, dtype=dtype)
     gamma = SIGNED_GAMMA[:4].astype(dtype)
     blocks_of(x, 2)
-    monkeypatch.setattr(mn_module, 'MIN_ELEMENTS_PER_THREAD', 1)
-    monkeypatch.setattr(mn_module, 'THREADS', 1)
+    monkeypatch.setattr(batch_blocks, 'MIN_ELEMENTS_PER_THREAD', 1)
+    monkeypatch.setattr(batch_blocks, 'THREADS', 1)
     one = _forward_backward(x, tau, gamma, beta, gy, relu)
-    monkeypatch.setattr(mn_module, 'THREADS', threads)
-    blocks = mn_module._Blocks(numpy, (11, 4, 9), numpy.dtype(dtype))
+    monkeypatch.setattr(batch_blocks, 'THREADS', threads)
+    blocks = batch_blocks.Blocks(numpy, (11, 4, 9), numpy.dtype(dtype))
     assert len(blocks.shares) == threads
     several = _forward_backward(x, tau, gamma, beta, gy, relu)
     for name, a, b in zip(NAMES, several, one):
@@ -293,3 +294,24 @@ def test_blas_on_one_thread_while_the_loops_run(monkeypatch):
     with pytest.raises(RuntimeError, match='in a loop'):
         _forward_backward(x, tau, gamma, beta, gy, False)
     assert blas_threads() == before
+
+
+@pytest.mark.parametrize('n,block_bytes,threads', [
+    (1, 1, 4), (10, 3 * 96, 1), (10, 3 * 96, 2), (10, 96, 3), (10, 1 << 40, 2),
+    (7, 2 * 96, 8)])
+def test_blocks_cover_the_batch_in_order(monkeypatch, n, block_bytes,
+                                         threads):
+    monkeypatch.setattr(batch_blocks, 'BLOCK_BYTES', block_bytes)
+    monkeypatch.setattr(batch_blocks, 'THREADS', threads)
+    monkeypatch.setattr(batch_blocks, 'MIN_ELEMENTS_PER_THREAD', 1)
+    # A sample of (4, 6) float32 values is 96 bytes.
+    blocks = batch_blocks.Blocks(numpy, (n, 4, 6), numpy.dtype('f4'))
+    assert blocks.step == max(1, min(n, block_bytes // 96))
+    flat = [b for share in blocks.shares for b in share]
+    assert [(b.start, b.stop) for b in flat] == [
+        (s, min(s + blocks.step, n)) for s in range(0, n, blocks.step)]
+    assert len(blocks.shares) == min(threads, len(flat))
+    assert all(blocks.shares)
+    assert blocks.scratch().shape == (blocks.step, 4, 6)
+    seen = blocks.map(lambda share: ((b.start, b.stop) for b in share))
+    assert seen == [(b.start, b.stop) for b in flat]

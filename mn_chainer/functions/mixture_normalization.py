@@ -29,21 +29,15 @@ the mixture's mean in channels where some component lies more than
 stay exact.
 
 Speed on NumPy: the forward and backward passes visit the batch in blocks
-of samples that stay in cache (:data:`BLOCK_BYTES`), shared among threads
-(:data:`THREADS`); the per-component ReLUs of Eq. 40 are one comparison
-each, with thresholds on ``sign(gamma) x``.  CuPy takes the batch at once.
+of samples that stay in cache, shared among threads
+(:mod:`mn_chainer.functions.batch_blocks`); the per-component ReLUs of
+Eq. 40 are one comparison each, with thresholds on ``sign(gamma) x``.
+CuPy takes the batch at once.
 """
 import collections
-import concurrent.futures
-import functools
 import numbers
-import threading
 
 import numpy
-try:
-    import threadpoolctl
-except ImportError:  # optional: without it BLAS keeps its own threads
-    threadpoolctl = None
 
 import chainer
 from chainer import backend
@@ -52,8 +46,8 @@ import chainer.functions
 from chainer.utils import argument
 from chainer.utils import type_check
 
-from mn_chainer import cpu_kernels
 from mn_chainer import data_parallel
+from mn_chainer.functions import batch_blocks
 
 
 def _compute_dtype(dtype):
@@ -66,155 +60,12 @@ def _as3d(a):
     return a.reshape(a.shape[0], a.shape[1], -1)
 
 
-#: Bytes of activations that the NumPy loops of the transform take at a
-#: time.  The forward and backward passes visit the batch in blocks of
-#: samples of about this size: the K per-component steps of the ReLU form
-#: (Eq. 40) and the few steps of the plain form then run on arrays that
-#: stay in a core's L2 cache, faster than the same steps over whole arrays
-#: in main memory.  CuPy takes the batch at once.
-BLOCK_BYTES = 1 << 18
-
-#: Threads among which the NumPy loops share the blocks (contiguous shares,
-#: one per thread; NumPy releases the GIL inside its operations).  None:
-#: the CPUs this process may run on (:func:`mn_chainer.cpu_kernels.
-#: n_threads`, as for the fit's C kernels).  The results do not depend on
-#: it: the sums of the blocks are added in block order.
-THREADS = None
-
-#: Elements of activations below which a pass is not split further among
-#: threads (waking one costs ~0.1 ms).
-MIN_ELEMENTS_PER_THREAD = 1 << 18
-
-
-@functools.lru_cache(maxsize=None)
-def _pool(workers):
-    """The loops' pool of ``workers`` threads (made once)."""
-    return concurrent.futures.ThreadPoolExecutor(
-        workers, thread_name_prefix='mn_chainer_transform')
-
-
-class _OneBlasThread(object):
-
-    """While a loop of the transform runs: BLAS on one thread.
-
-    The matrix products of the loops are small (``K`` columns, one block of
-    samples); a multi-threaded BLAS wakes its threads for each of them,
-    which costs more than the product (up to three times the time of the
-    plain transform's products on two busy cores), and the loops' own
-    threads already share the work.  Uses :mod:`threadpoolctl` when it is
-    installed (a no-op otherwise); the limit is process-wide, set while
-    any loop runs and restored after the last one.
-    """
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._users = 0
-        self._controller = None
-        self._limiter = None
-
-    def __enter__(self):
-        with self._lock:
-            if self._users == 0 and threadpoolctl is not None:
-                if self._controller is None:
-                    self._controller = threadpoolctl.ThreadpoolController()
-                self._limiter = self._controller.limit(limits=1,
-                                                       user_api='blas')
-            self._users += 1
-
-    def __exit__(self, *exc_info):
-        with self._lock:
-            self._users -= 1
-            if self._users == 0 and self._limiter is not None:
-                self._limiter.restore_original_limits()
-                self._limiter = None
-
-
-_one_blas_thread = _OneBlasThread()
-
-
-class _Blocks(object):
-
-    """Blocks of samples of activations ``(N, C, P)`` and their scratch.
-
-    :meth:`map` runs a loop over the blocks, in shares for the threads
-    (the whole batch as one block on CuPy; see :data:`BLOCK_BYTES` and
-    :data:`THREADS`); :meth:`scratch` gives arrays with room for one block.
-    """
-
-    def __init__(self, xp, shape, dtype):
-        self.xp = xp
-        self.n, self.channels, self.size = shape
-        self.dtype = dtype
-        sample = self.channels * self.size
-        if xp is numpy:
-            step = BLOCK_BYTES // max(sample * dtype.itemsize, 1)
-            threads = (cpu_kernels.n_threads() if THREADS is None
-                       else THREADS)
-            parts = min(threads, self.n * sample // MIN_ELEMENTS_PER_THREAD)
-        else:
-            step, parts = self.n, 1
-        self.step = max(1, min(self.n, step))
-        blocks = [slice(start, min(start + self.step, self.n))
-                  for start in range(0, self.n, self.step)]
-        parts = max(1, min(parts, len(blocks)))
-        self.shares = [blocks[len(blocks) * p // parts:
-                              len(blocks) * (p + 1) // parts]
-                       for p in range(parts)]
-
-    def map(self, loop):
-        """``loop(blocks)`` for every share of the blocks, the first on this
-        thread; returns the lists it returns, concatenated in block order
-        (so that their sum does not depend on the threads)."""
-        if self.xp is not numpy:
-            return list(loop(self.shares[0]))
-        with _one_blas_thread:
-            futures = [_pool(len(self.shares) - 1).submit(
-                lambda share: list(loop(share)), share)
-                for share in self.shares[1:]]
-            out = list(loop(self.shares[0]))
-            for future in futures:
-                out.extend(future.result())
-        return out
-
-    def sum(self, loop, shape):
-        """The float64 sum of the arrays of ``shape`` that ``loop(blocks)``
-        yields per block (see :meth:`map`)."""
-        total = self.xp.zeros(shape, dtype=numpy.float64)
-        for part in self.map(loop):
-            total += part
-        return total
-
-    def scratch(self, channels=None, dtype=None):
-        """An uninitialised array for one block, ``(step, channels, P)``."""
-        return self.xp.empty(
-            (self.step, self.channels if channels is None else channels,
-             self.size), dtype=self.dtype if dtype is None else dtype)
-
-    def per_channel(self, values):
-        """Per-channel values ``(K, C)`` laid out against a sample.
-
-        On NumPy, ``(K, C, P)`` (contiguous): an operation of a block with
-        one of them then runs along whole samples, twice as fast as along
-        rows of ``P`` values.  On CuPy, the view ``(K, C, 1)``.
-        """
-        values = values[:, :, None]
-        if self.xp is not numpy:
-            return values
-        return self.xp.ascontiguousarray(self.xp.broadcast_to(
-            values, values.shape[:2] + (self.size,)))
-
-
-def _part(scratch, rows):
-    """The first ``rows`` samples of a scratch array (the last block)."""
-    return scratch if scratch.shape[0] == rows else scratch[:rows]
-
-
 def _shifted(xp, x_block, shift, scratch):
     """``x_block - shift`` over the channel axis, in ``scratch`` (the block
     itself for no shift)."""
     if shift is None:
         return x_block
-    out = _part(scratch, x_block.shape[0])
+    out = batch_blocks.part(scratch, x_block.shape[0])
     xp.subtract(x_block, shift[:, None], out=out)
     return out
 
@@ -238,7 +89,7 @@ def _expand(xp, w, a, out=None):
     """
     if out is None:
         out = xp.empty((a.shape[0], w.shape[0], a.shape[2]), dtype=a.dtype)
-    out = _part(out, a.shape[0])
+    out = batch_blocks.part(out, a.shape[0])
     if a.shape[2] == 1:
         xp.matmul(a[:, :, 0], w.T, out=out[:, :, 0])
     else:
@@ -337,15 +188,17 @@ class ComponentStatistics(collections.namedtuple(
 def _moment_sums(xp, x3, t3, shift):
     """``sum_i t_ik (x_i - c)`` and ``sum_i t_ik (x_i - c)^2``, ``(K, C)``.
 
-    Block by block (:class:`_Blocks`), the blocks' sums added in float64.
+    Block by block (:mod:`~mn_chainer.functions.batch_blocks`), the
+    blocks' sums added in float64.
     """
-    blocks = _Blocks(xp, x3.shape, x3.dtype)
+    blocks = batch_blocks.Blocks(xp, x3.shape, x3.dtype)
 
     def loop(share):
         diff, square = blocks.scratch(), blocks.scratch()
         for b in share:
             xc = _shifted(xp, x3[b], shift, diff)
-            sq = xp.multiply(xc, xc, out=_part(square, xc.shape[0]))
+            sq = xp.multiply(xc, xc,
+                             out=batch_blocks.part(square, xc.shape[0]))
             yield xp.stack((_component_sums(xp, xc, t3[b]),
                             _component_sums(xp, sq, t3[b])))
 
@@ -426,11 +279,11 @@ def _apply_forward(xp, x3, a, gamma, beta, stats, relu):
 
     Evaluated on ``x - shift`` with the means relative to the shift
     (``stats.shifted_mean``; a common translation changes nothing), block
-    by block (:class:`_Blocks`).  With ``scale_k = gamma inv_std_k`` and
-    ``offset_k = beta - scale_k mean_k``, component ``k`` gives
-    ``z_ik = scale_k x_i + offset_k``.
+    by block (:mod:`~mn_chainer.functions.batch_blocks`).  With
+    ``scale_k = gamma inv_std_k`` and ``offset_k = beta - scale_k mean_k``,
+    component ``k`` gives ``z_ik = scale_k x_i + offset_k``.
     """
-    blocks = _Blocks(xp, x3.shape, x3.dtype)
+    blocks = batch_blocks.Blocks(xp, x3.shape, x3.dtype)
     channels, n_components = x3.shape[1], a.shape[1]
     scale = gamma * stats.inv_std
     offset = beta - scale * stats.shifted_mean
@@ -463,7 +316,7 @@ def _apply_forward(xp, x3, a, gamma, beta, stats, relu):
                     yb[...] = 0
                 for k in range(n_components):
                     # a_ik relu(z_ik), accumulated into y.
-                    zk = yb if k == 0 else _part(z, xc.shape[0])
+                    zk = yb if k == 0 else batch_blocks.part(z, xc.shape[0])
                     xp.multiply(xc, scale[k], out=zk)
                     zk += offset[k]
                     xp.maximum(zk, 0, out=zk)
@@ -593,7 +446,8 @@ class MixtureNormalizationGrad(function_node.FunctionNode):
         gx_i   = sum_k inv_std_k (h_ik - v_ik sum_j h_jk
                                   - v_ik x_hat_ik sum_j h_jk x_hat_jk)
 
-    Two passes over the batch, block by block (:class:`_Blocks`): the
+    Two passes over the batch, block by block
+    (:mod:`~mn_chainer.functions.batch_blocks`): the
     per-component sums (and, for Eq. 40, the first term of ``gx``), then
     the terms in ``v_ik``, which are linear in ``x_i`` (one small product
     per sample).  Its own backward (double backprop) differentiates the
@@ -633,7 +487,7 @@ class MixtureNormalizationGrad(function_node.FunctionNode):
         gamma_c = gamma.astype(dtype, copy=False)
         beta_c = beta.astype(dtype, copy=False)
         a = _coefficients(xp, t3, self.s, self.m)
-        blocks = _Blocks(xp, x3.shape, dtype)
+        blocks = batch_blocks.Blocks(xp, x3.shape, dtype)
         gx = xp.empty(x3.shape, dtype=dtype)
         if self.relu:
             sums = self._masked_sums(xp, blocks, x3, a, g3, gamma_c, beta_c,
@@ -666,7 +520,8 @@ class MixtureNormalizationGrad(function_node.FunctionNode):
             for b in share:
                 xc = _shifted(xp, x3[b], self.shift, diff)
                 gb, ab = g3[b], a[b]
-                gxc = xp.multiply(gb, xc, out=_part(product, xc.shape[0]))
+                gxc = xp.multiply(
+                    gb, xc, out=batch_blocks.part(product, xc.shape[0]))
                 yield xp.stack((_component_sums(xp, gb, ab),
                                 _component_sums(xp, gxc, ab)))
 
@@ -690,11 +545,11 @@ class MixtureNormalizationGrad(function_node.FunctionNode):
                 xc = _shifted(xp, x3[b], self.shift, diff)
                 rows = xc.shape[0]
                 gb, ab, gxb = g3[b], a[b], gx[b]
-                gxc = xp.multiply(gb, xc, out=_part(product, rows))
+                gxc = xp.multiply(gb, xc, out=batch_blocks.part(product, rows))
                 if sign is not None:
                     xc = xp.multiply(xc, sign[:, None],
-                                     out=_part(diff, rows))
-                onk = _part(on, rows)
+                                     out=batch_blocks.part(diff, rows))
+                onk = batch_blocks.part(on, rows)
                 sums = xp.empty((2, n_components, xc.shape[1]),
                                 dtype=xc.dtype)
                 if n_components == 0:
@@ -703,7 +558,7 @@ class MixtureNormalizationGrad(function_node.FunctionNode):
                     # a_ik [z_ik > 0]: its sums with g and g (x - c), and
                     # the first term of gx.
                     xp.greater(xc, thresholds[k], out=onk)
-                    wk = gxb if k == 0 else _part(weight, rows)
+                    wk = gxb if k == 0 else batch_blocks.part(weight, rows)
                     xp.multiply(onk, ab[:, k:k + 1], out=wk)
                     sums[0, k] = xp.einsum('ncp,ncp->c', wk, gb)
                     sums[1, k] = xp.einsum('ncp,ncp->c', wk, gxc)
