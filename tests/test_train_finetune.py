@@ -13,8 +13,6 @@ import json
 import os
 import random
 import shutil
-import subprocess
-import sys
 
 import numpy
 import pytest
@@ -29,11 +27,9 @@ import mn_chainer.links as ML
 from mn_chainer import logs
 from mn_chainer import rundir
 from mn_chainer import study
+import test_runs_mpi
 from tiny_data import write_tiny_cifar
 import train_cifar
-
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 MN = ['--norm', 'mn', '--mn-layers', 'conv2,conv3']
 BN = ['--norm', 'bn']
@@ -301,20 +297,9 @@ def test_study_resumes_a_run_not_yet_finetuned(data, tmp_path):
 
 
 def _mpiexec(argv):
-    mpiexec = shutil.which('mpiexec')
-    if mpiexec is None:
-        pytest.skip('mpiexec not found (install Open MPI: see README)')
-    pytest.importorskip('mpi4py')
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1',
-               OMPI_ALLOW_RUN_AS_ROOT='1', OMPI_ALLOW_RUN_AS_ROOT_CONFIRM='1',
-               OMPI_MCA_rmaps_base_oversubscribe='1')
-    result = subprocess.run(
-        [mpiexec, '-n', '2', sys.executable,
-         os.path.join(ROOT, 'train_cifar.py'), '--communicator', 'naive',
-         '--no-progress'] + argv, cwd=ROOT, env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        universal_newlines=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    """``mpiexec -n 2 train_cifar.py --communicator naive`` (skipped
+    without Open MPI and mpi4py)."""
+    test_runs_mpi._mpiexec('train_cifar.py', ['--no-progress'] + argv)
 
 
 def test_two_workers_finetune_and_resume(data, tmp_path):
