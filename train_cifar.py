@@ -10,6 +10,9 @@ Examples::
         --train-subset 4000 --test-subset 2000 -e 3 -b 128
     # continue it to 6 epochs
     python train_cifar.py --resume result -e 6
+    # then evaluate it once more with population statistics (fine-tuning
+    # over 20 training batches; recorded in result/finetuned.json)
+    python train_cifar.py --resume result --finetune-batches 20
 
 The implementation is :mod:`mn_chainer.train` (settings, run directory,
 resuming); ``python train_cifar.py --help`` lists the flags. Errors end
