@@ -32,6 +32,7 @@ import chainer.functions as F
 import chainer.links as L
 
 import interleave
+from mn_chainer.functions import batch_blocks
 import mn_chainer.links as ML
 
 
@@ -83,6 +84,11 @@ def main(argv=None):
                         'the per-component ReLU (on: Eq. 40, then ReLU, '
                         'against BN then ReLU), or both')
     parser.add_argument('--em-iter', type=int, default=2)
+    parser.add_argument('--clock', choices=sorted(interleave.CLOCKS),
+                        default='wall',
+                        help='Time with the wall clock, or with the CPU '
+                        'time of the process (all threads: steadier on a '
+                        'shared machine)')
     parser.add_argument('--no-memory', action='store_true',
                         help='Skip the peak-memory measurement')
     parser.add_argument('--markdown', action='store_true')
@@ -98,11 +104,16 @@ def main(argv=None):
 
     print('Device: {}, chainer {}, numpy {}'.format(
         device, chainer.__version__, numpy.__version__))
-    print('EM iter {}; {} timed calls per layer and row, alternated; peak '
-          'memory: {}'.format(
-              args.em_iter, args.repeats,
+    print('EM iter {}; {} timed calls per layer and row, alternated, {} '
+          'time; peak memory: {}'.format(
+              args.em_iter, args.repeats, args.clock,
               'not measured' if args.no_memory else
               'tracemalloc' if xp is numpy else 'CuPy memory pool'))
+    if xp is numpy:
+        print('MN transform: {} thread(s), BLAS on one thread in its loops: '
+              '{}'.format(batch_blocks.n_threads(),
+                          'yes' if batch_blocks.limits_blas() else
+                          'no (threadpoolctl is not installed)'))
     header = ('form', 'N', 'C', 'K', 'ratio', 'BN ms', 'MN ms', 'MN/BN',
               'BN MiB', 'MN MiB', 'mem MN/BN')
     rows = []
@@ -127,7 +138,8 @@ def main(argv=None):
                         with chainer.using_config('train', True):
                             t_bn, t_mn = interleave.interleaved(
                                 [functools.partial(_call, link, x, gy, relu)
-                                 for link in (bn, mn)], args.repeats, sync)
+                                 for link in (bn, mn)], args.repeats, sync,
+                                clock=interleave.CLOCKS[args.clock])
                             if args.no_memory:
                                 m_bn = m_mn = float('nan')
                             else:

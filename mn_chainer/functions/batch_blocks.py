@@ -37,6 +37,17 @@ THREADS = None
 MIN_ELEMENTS_PER_THREAD = 1 << 18
 
 
+def n_threads():
+    """Threads the loops use (:data:`THREADS`)."""
+    return cpu_kernels.n_threads() if THREADS is None else max(1, THREADS)
+
+
+def limits_blas():
+    """Whether BLAS runs on one thread inside the loops (with
+    :mod:`threadpoolctl` installed; see :class:`_OneBlasThread`)."""
+    return threadpoolctl is not None
+
+
 @functools.lru_cache(maxsize=None)
 def _pool(workers):
     """The loops' pool of ``workers`` threads (made once)."""
@@ -99,9 +110,8 @@ class Blocks(object):
         sample = self.channels * self.size
         if xp is numpy:
             step = BLOCK_BYTES // max(sample * dtype.itemsize, 1)
-            threads = (cpu_kernels.n_threads() if THREADS is None
-                       else THREADS)
-            parts = min(threads, self.n * sample // MIN_ELEMENTS_PER_THREAD)
+            parts = min(n_threads(),
+                        self.n * sample // MIN_ELEMENTS_PER_THREAD)
         else:
             step, parts = self.n, 1
         self.step = max(1, min(self.n, step))
