@@ -45,25 +45,37 @@ _Static_assert(MN_TILE == 4, "the tile functions unroll exactly 4 rows");
 _Static_assert(MN_FLUSH_ROWS % MN_TILE == 0,
                "partial sums are flushed after whole tiles");
 
+/*
+ * The widest vector (AVX-512) in bytes: the scratch rows of the E-step and
+ * M-step loops are padded to a multiple of it and aligned on it, so that
+ * those loops run whole, aligned vectors on every instruction set.
+ */
+#define MN_VECTOR_BYTES 64
+
+/* float: the exact forms; double: the fused ones (_cpu_kernels_impl.h). */
 #define REAL float
 #define NAME(n) n##_f32
 #define EXP expf
 #define LOG logf
+#define MN_FUSED_FORMS 0
 #include "_cpu_kernels_impl.h"
 #undef REAL
 #undef NAME
 #undef EXP
 #undef LOG
+#undef MN_FUSED_FORMS
 
 #define REAL double
 #define NAME(n) n##_f64
 #define EXP exp
 #define LOG log
+#define MN_FUSED_FORMS 1
 #include "_cpu_kernels_impl.h"
 #undef REAL
 #undef NAME
 #undef EXP
 #undef LOG
+#undef MN_FUSED_FORMS
 
 static struct PyModuleDef mn_cpu_kernels_module = {
     PyModuleDef_HEAD_INIT, "_cpu_kernels",

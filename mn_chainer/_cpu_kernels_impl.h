@@ -1,12 +1,12 @@
 /*
  * The CPU kernels of mn_chainer/_cpu_kernels.c for one floating type.
  *
- * Included once per type with REAL (float or double), NAME(n) (the
- * function name with a type suffix), EXP and LOG defined.  Every function
- * works on the rows [r0, r1) of a C-contiguous (m, d) point matrix, so that
- * the caller (mn_chainer/cpu_kernels.py) can run several row ranges on
- * several threads, each with its own output sums.  Their NumPy twins are
- * the passes of mn_chainer/fit_passes.py (ArrayPasses); the tests compare
+ * Included once per type with REAL (float or double), NAME(n) (the function name with a type suffix),
+ * EXP, LOG and MN_FUSED_FORMS defined.  Every function works on the rows
+ * [r0, r1) of a C-contiguous (m, d) point matrix, so that the caller
+ * (mn_chainer/cpu_kernels.py) can run several row ranges on several
+ * threads, each with its own output sums.  Their NumPy twins are the
+ * passes of mn_chainer/fit_passes.py (ArrayPasses); the tests compare
  * them, and both with float64 references.
  *
  * Accuracy, as the NumPy path's (mn_chainer/mixture_steps.py):
@@ -14,14 +14,34 @@
  *   mostly read (column and cluster sums), and in the E+M pass through
  *   REAL partial sums over at most MN_FLUSH_ROWS rows, added to double
  *   totals;
- * - the E-step takes direct differences, prec (x - mu)^2, never the
- *   expanded quadratic x^2 prec - 2 x mu prec + mu^2 prec, which cancels
- *   where a precision is large (a channel whose component variance is
- *   reg_covar, as rectified activations give);
- * - the M-step of an EM step sums r (x - mu_k) and r (x - mu_k)^2 about
- *   the means mu_k of the E-step's mixture, so that E[x^2] - mu^2 never
- *   cancels in a tight component.
+ * - float (MN_FUSED_FORMS 0): the E-step takes direct differences,
+ *   prec (x - mu)^2, never the expanded quadratic
+ *   x^2 prec - 2 x mu prec + mu^2 prec, which cancels where a precision is
+ *   large (a channel whose component variance is reg_covar, as rectified
+ *   activations give); the M-step sums r (x - mu_k) and r (x - mu_k)^2
+ *   about the means mu_k of the E-step's mixture, so that E[x^2] - mu^2
+ *   never cancels in a tight component;
+ * - double (MN_FUSED_FORMS 1): the forms that cost two operations where
+ *   the float ones cost three and four, whose rounding stays far below
+ *   what a float64 fit resolves: the E-step's scaled difference
+ *   v = x sqrt(prec) - mu sqrt(prec) is one fused multiply-add (error
+ *   2^-53 |mu| sqrt(prec), against |x - mu| sqrt(prec) ~ 1), and the
+ *   M-step sums r x and r x^2 about the frame's origin (the centre of the
+ *   points), as the NumPy passes do (E[x^2] - mu^2 loses 2^-53 mu^2, not
+ *   measurable against reg_covar for centred points).
+ *
+ * The E-step and the M-step run on tiles of MN_TILE = 4 rows, copied
+ * (centred) into per-thread scratch rows padded with zeros to whole
+ * vectors of MN_VECTOR_BYTES, with the mixture's coefficients padded
+ * alike (zero coefficients: the padding adds nothing): every inner loop
+ * runs whole, aligned vectors, every mean and
+ * coefficient loaded serves four points, and the running sums of a tile's
+ * rows are independent, so the loops run at the rate of the arithmetic.
  */
+
+/* REAL values per vector, and d rounded up to whole vectors. */
+#define LANES ((int64_t)(MN_VECTOR_BYTES / sizeof(REAL)))
+#define PADDED(d) (((d) + LANES - 1) / LANES * LANES)
 
 /*
  * sums[j] += sum of points[i, j] over the rows (the column sums, in
@@ -55,15 +75,53 @@ void NAME(mn_column_sums)(const REAL *points, const REAL *first,
 }
 
 /*
- * K-means++: out[t, i] = min(closest[i], |x_i - cand_t|^2) for the t
- * candidates (direct differences, never negative).  Four rows at a time,
- * with four independent running sums; out has shape (t, m).
+ * K-means++ (the seeding state of mn_chainer/cpu_kernels.py, Seeding; its
+ * NumPy twin is mn_chainer/mixture_steps.py, Seeding) keeps, for every
+ * row, closest[i] (the squared distance to the nearest chosen centre),
+ * labels[i] (the index of that centre) and cum[i], the cumulative sum of
+ * closest up to row i (in double).  A round draws t candidates
+ * (NAME(mn_seed_draw), serial), measures them (NAME(mn_candidate_d2), on
+ * row ranges) and keeps the best (NAME(mn_seed_keep), serial).
+ *
+ * The candidates of a round: index[q] = the first row i with cum[i] >=
+ * u[q] * cum[m - 1] (at most m - 1; u in [0, 1): row i is drawn with
+ * probability closest[i] / cum[m - 1]), its row copied into cand (t, d).
+ */
+void NAME(mn_seed_draw)(const REAL *points, const double *cum,
+                        const double *u, int64_t *index, REAL *cand,
+                        int64_t m, int64_t d, int64_t t)
+{
+    for (int64_t q = 0; q < t; ++q) {
+        const double target = u[q] * cum[m - 1];
+        int64_t lo = 0, hi = m;  /* the first i in [lo, hi) with cum >= */
+        while (lo < hi) {
+            const int64_t mid = lo + (hi - lo) / 2;
+            if (cum[mid] < target)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        index[q] = lo < m ? lo : m - 1;
+        for (int64_t j = 0; j < d; ++j)
+            cand[q * d + j] = points[index[q] * d + j];
+    }
+}
+
+/*
+ * The distances of a round: out[q, i] = min(closest[i], |x_i - cand_q|^2)
+ * (direct differences, never negative; out has shape (t, m)) and
+ * potential[q] = the sum of out[q, i] over the rows [r0, r1), in double
+ * (their part of the potential if candidate q is added).  Four rows at a
+ * time, with four independent running sums.
  */
 MN_CLONES
 void NAME(mn_candidate_d2)(const REAL *x, const REAL *cand,
-                           const REAL *closest, REAL *out, int64_t m,
-                           int64_t d, int64_t t, int64_t r0, int64_t r1)
+                           const REAL *closest, REAL *out,
+                           double *potential, int64_t m, int64_t d,
+                           int64_t t, int64_t r0, int64_t r1)
 {
+    for (int64_t q = 0; q < t; ++q)
+        potential[q] = 0;
     int64_t i = r0;
     for (; i + 4 <= r1; i += 4) {
         const REAL *x0 = x + i * d, *x1 = x0 + d, *x2 = x1 + d, *x3 = x2 + d;
@@ -84,6 +142,8 @@ void NAME(mn_candidate_d2)(const REAL *x, const REAL *cand,
             o[1] = a1 < closest[i + 1] ? a1 : closest[i + 1];
             o[2] = a2 < closest[i + 2] ? a2 : closest[i + 2];
             o[3] = a3 < closest[i + 3] ? a3 : closest[i + 3];
+            potential[q] += (((double)o[0] + (double)o[1]) + (double)o[2])
+                            + (double)o[3];
         }
     }
     for (; i < r1; ++i) {
@@ -97,8 +157,48 @@ void NAME(mn_candidate_d2)(const REAL *x, const REAL *cand,
                 acc += v * v;
             }
             out[q * m + i] = acc < closest[i] ? acc : closest[i];
+            potential[q] += (double)out[q * m + i];
         }
     }
+}
+
+/*
+ * Keeps the best candidate of round c, the one of lowest potential (the
+ * sum over the n_parts row ranges of potentials[p * stride + q], the
+ * first on a tie), and returns its q: labels[i] = c where out[q, i] <
+ * closest[i], closest[i] = out[q, i].  With out NULL (before the first
+ * round) closest is kept as it is and -1 returned.  Either way cum is
+ * made the cumulative sum of closest, in double.
+ */
+int64_t NAME(mn_seed_keep)(const REAL *out, const double *potentials,
+                           int64_t n_parts, int64_t stride, int64_t t,
+                           REAL *closest, int64_t *labels, double *cum,
+                           int64_t m, int64_t c)
+{
+    int64_t best = -1;
+    if (out != NULL) {
+        double lowest = 0;
+        for (int64_t q = 0; q < t; ++q) {
+            double potential = 0;
+            for (int64_t p = 0; p < n_parts; ++p)
+                potential += potentials[p * stride + q];
+            if (best < 0 || potential < lowest) {
+                best = q;
+                lowest = potential;
+            }
+        }
+        const REAL *kept = out + best * m;
+        for (int64_t i = 0; i < m; ++i) {
+            labels[i] = kept[i] < closest[i] ? c : labels[i];
+            closest[i] = kept[i];
+        }
+    }
+    double total = 0;
+    for (int64_t i = 0; i < m; ++i) {
+        total += closest[i];
+        cum[i] = total;
+    }
+    return best;
 }
 
 /*
@@ -128,33 +228,88 @@ void NAME(mn_cluster_sums)(const REAL *points, const REAL *shift,
 }
 
 /*
- * The E-step and the M-step work on tiles of MN_TILE = 4 rows: every
- * mean and precision loaded serves four points, and the running sums of a
- * tile's rows are independent, so the loops run at the rate of the loads
- * rather than at the latency of one chain of additions.  The tile's rows
- * are centred into a scratch buffer (the point matrix itself is never
- * copied); a tile past the last row is padded with zero rows whose
- * responsibilities are zero.
- *
+ * The per-thread scratch of the E-step kernels (mn_em_sums, mn_log_resp),
+ * carved from the caller's buffer of NAME(mn_scratch_size)(d, K) values,
+ * every array starting on a vector boundary; dp = PADDED(d):
+ *   x (MN_TILE, dp): the tile's centred rows (zero rows past the last);
+ *   xx (MN_TILE, dp): their squares (MN_FUSED_FORMS only);
+ *   a, b (K, dp): the E-step's coefficients (zero past d), see
+ *     NAME(mn_log_prob_tile);
+ *   lp (MN_TILE, K): the tile's log-densities, then responsibilities;
+ *   part (K, 2, dp), part_nk (K): the M-step's partial sums.
+ */
+typedef struct {
+    int64_t dp;
+    REAL *x, *xx, *a, *b, *lp, *part, *part_nk;
+} NAME(mn_tile_scratch);
+
+int64_t NAME(mn_scratch_size)(int64_t d, int64_t k_total)
+{
+    const int64_t dp = PADDED(d);
+    /* The arrays, each rounded up to whole vectors, and the alignment. */
+    return 2 * MN_TILE * dp + 2 * k_total * dp
+           + PADDED(MN_TILE * k_total) + 2 * k_total * dp
+           + PADDED(k_total) + LANES;
+}
+
+/*
+ * Carves the scratch (see above) and copies the coefficients a, b (K, d)
+ * into its padded rows.
+ */
+static inline __attribute__((always_inline)) NAME(mn_tile_scratch)
+NAME(mn_carve_scratch)(REAL *scratch, const REAL *a, const REAL *b,
+                       int64_t d, int64_t k_total)
+{
+    NAME(mn_tile_scratch) s;
+    const int64_t dp = PADDED(d);
+    const uintptr_t align = MN_VECTOR_BYTES;
+    REAL *p = (REAL *)(((uintptr_t)scratch + align - 1) & ~(align - 1));
+    s.dp = dp;
+    s.x = p;
+    s.xx = s.x + MN_TILE * dp;
+    s.a = s.xx + MN_TILE * dp;
+    s.b = s.a + k_total * dp;
+    s.lp = s.b + k_total * dp;
+    s.part = s.lp + PADDED(MN_TILE * k_total);
+    s.part_nk = s.part + 2 * k_total * dp;
+    for (int64_t k = 0; k < k_total; ++k) {
+        for (int64_t j = 0; j < dp; ++j) {
+            s.a[k * dp + j] = j < d ? a[k * d + j] : 0;
+            s.b[k * dp + j] = j < d ? b[k * d + j] : 0;
+        }
+    }
+    for (int64_t e = 0; e < MN_TILE * dp; ++e)
+        s.x[e] = s.xx[e] = 0;
+    for (int64_t e = 0; e < 2 * k_total * dp + k_total; ++e)
+        s.part[e] = 0;  /* part and part_nk */
+    return s;
+}
+
+/*
  * The tile of centred rows starting at row i, x_t = points[i + t] - shift,
- * into x_buf (MN_TILE rows of d; rows past r1 are zero); returns the
- * number of real rows.
+ * into s->x (and their squares into s->xx with MN_FUSED_FORMS); rows past
+ * r1 are zero.  Returns the number of real rows.
  */
 static inline __attribute__((always_inline)) int64_t NAME(mn_tile_rows)(
-    const REAL *points, const REAL *shift, REAL *x_buf, int64_t d,
-    int64_t i, int64_t r1)
+    const REAL *points, const REAL *shift, const NAME(mn_tile_scratch) *s,
+    int64_t d, int64_t i, int64_t r1)
 {
     const int64_t n = r1 - i < MN_TILE ? r1 - i : MN_TILE;
-    for (int t = 0; t < MN_TILE; ++t) {
-        REAL *o = x_buf + t * d;
+    for (int64_t t = 0; t < MN_TILE; ++t) {
+        REAL *o = s->x + t * s->dp;
+        REAL *oo = s->xx + t * s->dp;
         if (t < n) {
             const REAL *p = points + (i + t) * d;
 #pragma omp simd
-            for (int64_t j = 0; j < d; ++j)
+            for (int64_t j = 0; j < d; ++j) {
                 o[j] = p[j] - shift[j];
-        } else {
+#if MN_FUSED_FORMS
+                oo[j] = o[j] * o[j];
+#endif
+            }
+        } else {  /* the last tile of the range: zero rows */
             for (int64_t j = 0; j < d; ++j)
-                o[j] = 0;
+                o[j] = oo[j] = 0;
         }
     }
     return n;
@@ -162,26 +317,38 @@ static inline __attribute__((always_inline)) int64_t NAME(mn_tile_rows)(
 
 /*
  * log p(x_t, k) of the tile's rows into lp[t * K + k]:
- * cst[k] - sum_j prec[k, j] (x_tj - mu[k, j])^2 / 2, direct differences.
+ * cst[k] - sum_j q_kj / 2, with q_kj = prec[k, j] (x_tj - mu[k, j])^2, as
+ *   MN_FUSED_FORMS 0: a = mu, b = prec: b (x - a)^2 (direct differences);
+ *   MN_FUSED_FORMS 1: a = sqrt(prec), b = mu sqrt(prec): (x a - b)^2.
  */
 static inline __attribute__((always_inline)) void NAME(mn_log_prob_tile)(
-    const REAL *x_buf, const REAL *mu, const REAL *prec, const REAL *cst,
-    REAL *lp, int64_t d, int64_t k_total)
+    const NAME(mn_tile_scratch) *s, const REAL *cst, int64_t k_total)
 {
-    const REAL *x0 = x_buf, *x1 = x0 + d, *x2 = x1 + d, *x3 = x2 + d;
+    const int64_t dp = s->dp;
+    const REAL *x0 = s->x, *x1 = x0 + dp, *x2 = x1 + dp, *x3 = x2 + dp;
     for (int64_t k = 0; k < k_total; ++k) {
-        const REAL *m = mu + k * d;
-        const REAL *q = prec + k * d;
+        const REAL *a = s->a + k * dp, *b = s->b + k * dp;
         REAL s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-#pragma omp simd reduction(+:s0, s1, s2, s3)
-        for (int64_t j = 0; j < d; ++j) {
-            const REAL v0 = x0[j] - m[j], v1 = x1[j] - m[j];
-            const REAL v2 = x2[j] - m[j], v3 = x3[j] - m[j];
-            s0 += q[j] * (v0 * v0);
-            s1 += q[j] * (v1 * v1);
-            s2 += q[j] * (v2 * v2);
-            s3 += q[j] * (v3 * v3);
+#pragma omp simd reduction(+:s0, s1, s2, s3) \
+    aligned(x0, x1, x2, x3, a, b: MN_VECTOR_BYTES)
+        for (int64_t j = 0; j < dp; ++j) {
+#if MN_FUSED_FORMS
+            const REAL v0 = x0[j] * a[j] - b[j], v1 = x1[j] * a[j] - b[j];
+            const REAL v2 = x2[j] * a[j] - b[j], v3 = x3[j] * a[j] - b[j];
+            s0 += v0 * v0;
+            s1 += v1 * v1;
+            s2 += v2 * v2;
+            s3 += v3 * v3;
+#else
+            const REAL v0 = x0[j] - a[j], v1 = x1[j] - a[j];
+            const REAL v2 = x2[j] - a[j], v3 = x3[j] - a[j];
+            s0 += b[j] * (v0 * v0);
+            s1 += b[j] * (v1 * v1);
+            s2 += b[j] * (v2 * v2);
+            s3 += b[j] * (v3 * v3);
+#endif
         }
+        REAL *lp = s->lp;
         lp[0 * k_total + k] = cst[k] - (REAL)0.5 * s0;
         lp[1 * k_total + k] = cst[k] - (REAL)0.5 * s1;
         lp[2 * k_total + k] = cst[k] - (REAL)0.5 * s2;
@@ -192,19 +359,22 @@ static inline __attribute__((always_inline)) void NAME(mn_log_prob_tile)(
 /*
  * The tiny-value rule of the E-step (documented once, in
  * mn_chainer/mixture_steps.py): the row's log-densities minus their
- * maximum, raised to floor_ where below it (NaN stays NaN), exponentiated.
- * Stores them in w (which may be row itself) unless w is NULL, returns
- * their sum and the row's maximum in *best_out.
+ * maximum, raised to floor_ where below it (NaN stays NaN), exponentiated
+ * (exp_floor = EXP(floor_) and EXP(0) = 1 without a call: most terms of a
+ * well separated mixture are one or the other).  Stores them in w (which
+ * may be row itself) unless w is NULL, returns their sum and the row's
+ * maximum in *best_out.
  */
 static inline __attribute__((always_inline)) REAL NAME(mn_row_exp)(
-    const REAL *row, REAL *w, int64_t k_total, REAL floor_, REAL *best_out)
+    const REAL *row, REAL *w, int64_t k_total, REAL floor_, REAL exp_floor,
+    REAL *best_out)
 {
     REAL best = row[0], total = 0;
     for (int64_t k = 1; k < k_total; ++k)
         best = row[k] > best ? row[k] : best;
     for (int64_t k = 0; k < k_total; ++k) {
         const REAL v = row[k] - best;
-        const REAL e = EXP(v < floor_ ? floor_ : v);
+        const REAL e = v <= floor_ ? exp_floor : v == 0 ? 1 : EXP(v);
         total += e;
         if (w != NULL)
             w[k] = e;
@@ -214,87 +384,108 @@ static inline __attribute__((always_inline)) REAL NAME(mn_row_exp)(
 }
 
 /*
- * The E-step of the tile starting at row i (the arguments of mn_em_sums):
- * centres its rows into x_buf, leaves their log-densities in lp and
- * returns the number of real rows.
+ * The M-step's sums of the tile with responsibilities w[t * K + k] (rows
+ * past the last have w = 0), into the partial sums part (K, 2, dp) and
+ * part_nk (K):
+ *   MN_FUSED_FORMS 0 (a = mu): sum w (x - mu_k) and sum w (x - mu_k)^2;
+ *   MN_FUSED_FORMS 1: sum w x and sum w x^2.
  */
-static inline __attribute__((always_inline)) int64_t NAME(mn_e_step_tile)(
-    const REAL *points, const REAL *shift, const REAL *mu, const REAL *prec,
-    const REAL *cst, REAL *x_buf, REAL *lp, int64_t d, int64_t k_total,
-    int64_t i, int64_t r1)
+static inline __attribute__((always_inline)) void NAME(mn_m_step_tile)(
+    const NAME(mn_tile_scratch) *s, int64_t k_total)
 {
-    const int64_t n = NAME(mn_tile_rows)(points, shift, x_buf, d, i, r1);
-    NAME(mn_log_prob_tile)(x_buf, mu, prec, cst, lp, d, k_total);
-    return n;
+    const int64_t dp = s->dp;
+    const REAL *x0 = s->x, *x1 = x0 + dp, *x2 = x1 + dp, *x3 = x2 + dp;
+#if MN_FUSED_FORMS
+    const REAL *q0 = s->xx, *q1 = q0 + dp, *q2 = q1 + dp, *q3 = q2 + dp;
+#endif
+    const REAL *w = s->lp;
+    for (int64_t k = 0; k < k_total; ++k) {
+        const REAL w0 = w[k], w1 = w[k_total + k];
+        const REAL w2 = w[2 * k_total + k], w3 = w[3 * k_total + k];
+        REAL *s1 = s->part + k * 2 * dp;
+        REAL *s2 = s1 + dp;
+        s->part_nk[k] += (w0 + w1) + (w2 + w3);
+#if MN_FUSED_FORMS
+#pragma omp simd aligned(x0, x1, x2, x3, q0, q1, q2, q3, s1, s2: \
+                         MN_VECTOR_BYTES)
+        for (int64_t j = 0; j < dp; ++j) {
+            s1[j] += (w0 * x0[j] + w1 * x1[j]) + (w2 * x2[j] + w3 * x3[j]);
+            s2[j] += (w0 * q0[j] + w1 * q1[j]) + (w2 * q2[j] + w3 * q3[j]);
+        }
+#else
+        const REAL *m = s->a + k * dp;
+#pragma omp simd aligned(x0, x1, x2, x3, m, s1, s2: MN_VECTOR_BYTES)
+        for (int64_t j = 0; j < dp; ++j) {
+            const REAL v0 = x0[j] - m[j], v1 = x1[j] - m[j];
+            const REAL v2 = x2[j] - m[j], v3 = x3[j] - m[j];
+            const REAL u0 = w0 * v0, u1 = w1 * v1;
+            const REAL u2 = w2 * v2, u3 = w3 * v3;
+            s1[j] += (u0 + u1) + (u2 + u3);
+            s2[j] += (u0 * v0 + u1 * v1) + (u2 * v2 + u3 * v3);
+        }
+#endif
+    }
+}
+
+/* Adds the partial sums to the double totals (sums (K, 2d), nk (K)) and
+ * zeroes them. */
+static inline __attribute__((always_inline)) void NAME(mn_flush_sums)(
+    const NAME(mn_tile_scratch) *s, double *sums, double *nk, int64_t d,
+    int64_t k_total)
+{
+    for (int64_t k = 0; k < k_total; ++k) {
+        for (int64_t h = 0; h < 2; ++h) {
+            REAL *part = s->part + (2 * k + h) * s->dp;
+            double *total = sums + (2 * k + h) * d;
+            for (int64_t j = 0; j < d; ++j) {
+                total[j] += part[j];
+                part[j] = 0;
+            }
+        }
+        nk[k] += s->part_nk[k];
+        s->part_nk[k] = 0;
+    }
 }
 
 /*
  * One EM step's sums, fused, for x_i = points[i] - shift: the
  * responsibilities r_ik of every point (the softmax of its log-densities
- * under the tiny-value rule, mn_row_exp) are accumulated at once into
- * nk[k] += r_ik, sums[k, :d] += r_ik (x_i - mu_k) and
- * sums[k, d:] += r_ik (x_i - mu_k)^2: the M-step's sums about the
- * E-step's means (double totals of REAL partial sums over at most
- * MN_FLUSH_ROWS rows).  scratch holds NAME(mn_scratch_size)(d, K) values.
+ * under the tiny-value rule, NAME(mn_row_exp)) are accumulated at once
+ * into nk[k] += r_ik and the M-step's sums (K, 2d) of NAME(mn_m_step_tile)
+ * (double totals of REAL partial sums over at most MN_FLUSH_ROWS rows).
+ * a, b (K, d) are the E-step's coefficients of NAME(mn_log_prob_tile),
+ * cst (K) its constants; scratch holds NAME(mn_scratch_size)(d, K) values.
  */
 MN_CLONES
-void NAME(mn_em_sums)(const REAL *points, const REAL *shift, const REAL *mu,
-                      const REAL *prec, const REAL *cst, REAL floor_,
+void NAME(mn_em_sums)(const REAL *points, const REAL *shift, const REAL *a,
+                      const REAL *b, const REAL *cst, REAL floor_,
                       double *sums, double *nk, REAL *scratch, int64_t d,
                       int64_t k_total, int64_t r0, int64_t r1)
 {
-    REAL *x_buf = scratch;
-    REAL *lp = x_buf + MN_TILE * d;
-    REAL *part = lp + MN_TILE * k_total;      /* (K, 2d) partial sums */
-    REAL *part_nk = part + k_total * 2 * d;   /* (K,) */
-    const int64_t n_part = k_total * (2 * d + 1);
-    for (int64_t e = 0; e < n_part; ++e)
-        part[e] = 0;
-    const REAL *x0 = x_buf, *x1 = x0 + d, *x2 = x1 + d, *x3 = x2 + d;
+    const NAME(mn_tile_scratch) s = NAME(mn_carve_scratch)(scratch, a, b, d,
+                                                           k_total);
+    const REAL exp_floor = EXP(floor_);
     int64_t rows = 0;
     for (int64_t i = r0; i < r1; i += MN_TILE) {
-        const int64_t n = NAME(mn_e_step_tile)(points, shift, mu, prec, cst,
-                                               x_buf, lp, d, k_total, i, r1);
-        for (int t = 0; t < MN_TILE; ++t) {
-            REAL *row = lp + t * k_total;
+        const int64_t n = NAME(mn_tile_rows)(points, shift, &s, d, i, r1);
+        NAME(mn_log_prob_tile)(&s, cst, k_total);
+        for (int64_t t = 0; t < MN_TILE; ++t) {
+            REAL *row = s.lp + t * k_total;
             if (t >= n) {
                 for (int64_t k = 0; k < k_total; ++k)
                     row[k] = 0;
                 continue;
             }
             REAL best;
-            const REAL total = NAME(mn_row_exp)(row, row, k_total, floor_,
-                                                &best);
+            const REAL inv = 1 / NAME(mn_row_exp)(row, row, k_total, floor_,
+                                                  exp_floor, &best);
             for (int64_t k = 0; k < k_total; ++k)
-                row[k] /= total;
+                row[k] *= inv;
         }
-        for (int64_t k = 0; k < k_total; ++k) {
-            const REAL w0 = lp[k], w1 = lp[k_total + k];
-            const REAL w2 = lp[2 * k_total + k], w3 = lp[3 * k_total + k];
-            const REAL *m = mu + k * d;
-            REAL *s1 = part + k * 2 * d;
-            REAL *s2 = s1 + d;
-            part_nk[k] += (w0 + w1) + (w2 + w3);
-#pragma omp simd
-            for (int64_t j = 0; j < d; ++j) {
-                const REAL v0 = x0[j] - m[j], v1 = x1[j] - m[j];
-                const REAL v2 = x2[j] - m[j], v3 = x3[j] - m[j];
-                const REAL u0 = w0 * v0, u1 = w1 * v1;
-                const REAL u2 = w2 * v2, u3 = w3 * v3;
-                s1[j] += (u0 + u1) + (u2 + u3);
-                s2[j] += (u0 * v0 + u1 * v1) + (u2 * v2 + u3 * v3);
-            }
-        }
+        NAME(mn_m_step_tile)(&s, k_total);
         rows += MN_TILE;
         if (rows >= MN_FLUSH_ROWS || i + MN_TILE >= r1) {
-            for (int64_t e = 0; e < k_total * 2 * d; ++e) {
-                sums[e] += part[e];
-                part[e] = 0;
-            }
-            for (int64_t k = 0; k < k_total; ++k) {
-                nk[k] += part_nk[k];
-                part_nk[k] = 0;
-            }
+            NAME(mn_flush_sums)(&s, sums, nk, d, k_total);
             rows = 0;
         }
     }
@@ -303,26 +494,27 @@ void NAME(mn_em_sums)(const REAL *points, const REAL *shift, const REAL *mu,
 /*
  * E-step in log space: out[i, k] = log p(x_i, k) - log_norm_i (out has
  * shape (m, K)) with log_norm_i = logsumexp_k log p(x_i, k) under the
- * tiny-value rule (mn_row_exp; -inf for a row of -inf), also stored in
- * log_norm[i]; x_i = points[i] - shift.  scratch holds
- * NAME(mn_scratch_size)(d, K) values.
+ * tiny-value rule (NAME(mn_row_exp); -inf for a row of -inf), also stored
+ * in log_norm[i]; x_i = points[i] - shift, a, b and cst as in
+ * NAME(mn_em_sums).  scratch holds NAME(mn_scratch_size)(d, K) values.
  */
 MN_CLONES
-void NAME(mn_log_resp)(const REAL *points, const REAL *shift, const REAL *mu,
-                       const REAL *prec, const REAL *cst, REAL floor_,
+void NAME(mn_log_resp)(const REAL *points, const REAL *shift, const REAL *a,
+                       const REAL *b, const REAL *cst, REAL floor_,
                        REAL *out, REAL *log_norm, REAL *scratch, int64_t d,
                        int64_t k_total, int64_t r0, int64_t r1)
 {
-    REAL *x_buf = scratch;
-    REAL *lp = x_buf + MN_TILE * d;
+    const NAME(mn_tile_scratch) s = NAME(mn_carve_scratch)(scratch, a, b, d,
+                                                           k_total);
+    const REAL exp_floor = EXP(floor_);
     for (int64_t i = r0; i < r1; i += MN_TILE) {
-        const int64_t n = NAME(mn_e_step_tile)(points, shift, mu, prec, cst,
-                                               x_buf, lp, d, k_total, i, r1);
+        const int64_t n = NAME(mn_tile_rows)(points, shift, &s, d, i, r1);
+        NAME(mn_log_prob_tile)(&s, cst, k_total);
         for (int64_t t = 0; t < n; ++t) {
-            const REAL *row = lp + t * k_total;
+            const REAL *row = s.lp + t * k_total;
             REAL best;
             const REAL total = NAME(mn_row_exp)(row, NULL, k_total, floor_,
-                                                &best);
+                                                exp_floor, &best);
             const REAL norm = best == -(REAL)INFINITY ? best
                                                       : best + LOG(total);
             for (int64_t k = 0; k < k_total; ++k)
@@ -332,11 +524,5 @@ void NAME(mn_log_resp)(const REAL *points, const REAL *shift, const REAL *mu,
     }
 }
 
-/*
- * Scratch values per thread of mn_em_sums and mn_log_resp: the tile's
- * centred rows, the tile's log-densities and the partial sums.
- */
-int64_t NAME(mn_scratch_size)(int64_t d, int64_t k_total)
-{
-    return MN_TILE * d + MN_TILE * k_total + k_total * (2 * d + 1);
-}
+#undef LANES
+#undef PADDED

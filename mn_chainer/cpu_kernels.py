@@ -38,6 +38,7 @@ select_passes`).
 import concurrent.futures
 import ctypes
 import functools
+import math
 import os
 import threading
 
@@ -58,8 +59,9 @@ _I64 = ctypes.c_int64
 _PTR = ctypes.c_void_p
 _SIGNATURES = {  # None: the floating type of the kernel
     'mn_column_sums': (_PTR, _PTR, _PTR, _PTR, _PTR, _I64, _I64, _I64),
-    'mn_candidate_d2': (_PTR, _PTR, _PTR, _PTR, _I64, _I64, _I64, _I64,
-                        _I64),
+    'mn_seed_draw': (_PTR, _PTR, _PTR, _PTR, _PTR, _I64, _I64, _I64),
+    'mn_candidate_d2': (_PTR, _PTR, _PTR, _PTR, _PTR, _I64, _I64, _I64,
+                        _I64, _I64),
     'mn_cluster_sums': (_PTR, _PTR, _PTR, _PTR, _PTR, _I64, _I64, _I64),
     'mn_em_sums': (_PTR, _PTR, _PTR, _PTR, _PTR, None, _PTR, _PTR, _PTR,
                    _I64, _I64, _I64, _I64),
@@ -67,7 +69,11 @@ _SIGNATURES = {  # None: the floating type of the kernel
                     _I64, _I64, _I64, _I64),
 }
 #: Exported functions returning an int64, with their argument types.
-_SIZE_SIGNATURES = {'mn_scratch_size': (_I64, _I64)}
+_SIZE_SIGNATURES = {
+    'mn_scratch_size': (_I64, _I64),
+    'mn_seed_keep': (_PTR, _PTR, _I64, _I64, _I64, _PTR, _PTR, _PTR, _I64,
+                     _I64),
+}
 _pool_lock = threading.Lock()
 _pools = {}
 
@@ -137,7 +143,7 @@ def _per_thread(parts, shape, dtype):
     """Zeroed buffers of ``shape``, one per thread, at least one cache line
     (64 bytes) apart: threads adding into neighbouring bytes of one line
     would take the line from each other at every row."""
-    size = int(numpy.prod(shape))
+    size = math.prod(shape)
     pad = 128 // numpy.dtype(dtype).itemsize
     block = numpy.zeros((parts, size + pad), dtype=dtype)
     return [block[p, pad // 2:pad // 2 + size].reshape(shape)
@@ -151,12 +157,14 @@ def _scratch(parts, d, k, dtype):
     return _per_thread(parts, (size,), dtype)
 
 
+@functools.lru_cache(maxsize=None)
 def _function(name, dtype):
     return getattr(_library(), '{}_{}'.format(name, _SUFFIX[dtype]))
 
 
 def _addr(a):
-    return a.ctypes.data
+    """The address of ``a``'s data."""
+    return a.__array_interface__['data'][0]
 
 
 # ---------------------------------------------------------------------------
@@ -185,9 +193,12 @@ def _as(name, a, dtype, shape):
 
 
 def _e_step_arguments(points, shift, mixture):
-    """Checked ``(m, d, K, shift, means, precisions, log_const)`` of an
-    E-step kernel, in the points' dtype (the constants computed in
-    float64: :func:`mn_chainer.mixture_steps.gaussian_log_const`)."""
+    """Checked ``(m, d, K, shift, a, b, log_const)`` of an E-step kernel, in
+    the points' dtype (computed in float64): the coefficients ``a, b`` of
+    its form (``_cpu_kernels_impl.h``), ``means, 1 / variances`` in
+    float32 (direct differences), ``1 / sqrt(variances), means /
+    sqrt(variances)`` in float64 (one fused multiply-add), and the
+    constants :func:`mn_chainer.mixture_steps.gaussian_log_const`."""
     m, d = _check_points(points)
     dtype = points.dtype
     shift = _as('shift', shift, dtype, (d,))
@@ -197,8 +208,12 @@ def _e_step_arguments(points, shift, mixture):
     variances = _as('variances', mixture.variances, numpy.float64, (k, d))
     log_const = mixture_steps.gaussian_log_const(
         numpy, mixture_steps.Mixture(weights, means, variances))
-    return (m, d, k, shift, means, (1 / variances).astype(dtype),
-            log_const.astype(dtype))
+    if dtype == numpy.float64:
+        a = 1 / numpy.sqrt(variances)
+        b = means * a
+    else:
+        a, b = means, (1 / variances).astype(dtype)
+    return m, d, k, shift, a, b, log_const.astype(dtype)
 
 
 def _sum(parts):
@@ -237,8 +252,15 @@ def column_sums(points, first=None):
 
 
 def candidate_d2(x, candidates, closest_d2):
-    """``min(closest_d2[i], |x_i - candidates[t]|^2)``, shape ``(T, m)``,
-    from direct differences (never negative)."""
+    """One round of K-means++'s distances: ``min(closest_d2[i], |x_i -
+    candidates[t]|^2)``, shape ``(T, m)``, from direct differences (never
+    negative), and its row sums, the potential of each candidate
+    (accumulated in double).
+
+    Returns:
+        tuple: ``d2 (T, m)`` (the points' dtype) and ``potentials (T,)``
+        (float64).
+    """
     m, d = _check_points(x)
     candidates = numpy.ascontiguousarray(candidates, dtype=x.dtype)
     if candidates.ndim != 2 or candidates.shape[1] != d:
@@ -247,11 +269,102 @@ def candidate_d2(x, candidates, closest_d2):
     t = candidates.shape[0]
     closest_d2 = _as('closest_d2', closest_d2, x.dtype, (m,))
     out = numpy.empty((t, m), dtype=x.dtype)
+    ranges = _ranges(m, d)
+    potentials = _per_thread(len(ranges), (t,), numpy.float64)
     fn = _function('mn_candidate_d2', x.dtype)
     _run(lambda p, r0, r1: fn(_addr(x), _addr(candidates),
-                              _addr(closest_d2), _addr(out), m, d, t, r0,
-                              r1), _ranges(m, d))
-    return out
+                              _addr(closest_d2), _addr(out),
+                              _addr(potentials[p]), m, d, t, r0, r1), ranges)
+    return out, _sum(potentials)
+
+
+class Seeding(object):
+
+    """Greedy K-means++ (DESIGN §1.1 step 2) on the C kernels: the seeding
+    state that :func:`mn_chainer.mixture_steps.kmeans_plusplus` drives,
+    twin of :class:`mn_chainer.mixture_steps.Seeding`.
+
+    Every row's squared distance to its nearest centre, the index of that
+    centre and their cumulative sum (in double) stay in C arrays from one
+    round to the next: a round draws its candidates by inverse CDF
+    (``mn_seed_draw``), measures them on every thread's rows
+    (``mn_candidate_d2``, direct differences) and keeps the best
+    (``mn_seed_keep``): three calls, no array operation.
+
+    Args:
+        points: ``(m, d)``, float32 or float64, C-contiguous (the seeding
+            does not depend on the origin: the points as given).
+        n_components (int): ``K <= m``.
+        first: Index ``(1,)`` of the first centre.
+        first_d2: Optional squared distances ``(m,)`` to it.
+    """
+
+    def __init__(self, points, n_components, first, first_d2=None):
+        m, d = _check_points(points)
+        self.points = points
+        self.indices = numpy.empty(n_components, dtype=numpy.int64)
+        self.indices[0] = int(first[0])
+        if first_d2 is None:
+            first_d2 = candidate_d2(
+                points, points[self.indices[:1]],
+                numpy.full(m, numpy.inf, points.dtype))[0][0]
+        self.closest = numpy.array(first_d2, dtype=points.dtype)
+        if self.closest.shape != (m,):
+            raise ValueError('first_d2 must have shape ({},), got {}'
+                             .format(m, self.closest.shape))
+        self.labels = numpy.zeros(m, dtype=numpy.int64)
+        self.count = 1
+        self._cum = numpy.empty(m, dtype=numpy.float64)
+        self._ranges = _ranges(m, d)
+        self._draw = _function('mn_seed_draw', points.dtype)
+        self._distances = _function('mn_candidate_d2', points.dtype)
+        self._keep = _function('mn_seed_keep', points.dtype)
+        self._t = None
+        self._keep(None, None, 0, 0, 0, _addr(self.closest),
+                   _addr(self.labels), _addr(self._cum), m, 0)
+
+    def _buffers(self, t):
+        """The round's buffers for ``t`` candidates, and their addresses."""
+        m, d = self.points.shape
+        self._t = t
+        self._u = numpy.empty(t, dtype=numpy.float64)
+        self._index = numpy.empty(t, dtype=numpy.int64)
+        self._cand = numpy.empty((t, d), dtype=self.points.dtype)
+        self._out = numpy.empty((t, m), dtype=self.points.dtype)
+        # One row of potentials per thread, whole cache lines apart.
+        self._stride = -(-t // 8) * 8 + 8
+        self._potentials = numpy.zeros((len(self._ranges), self._stride))
+        self._addrs = {name: _addr(getattr(self, name)) for name in (
+            'points', 'closest', 'labels', '_cum', '_u', '_index', '_cand',
+            '_out', '_potentials')}
+
+    def add_centre(self, uniforms):
+        """One round: draws ``len(uniforms)`` candidates with probability
+        proportional to the squared distance to the nearest centre
+        (``uniforms`` in ``[0, 1)``, float64) and keeps the one that lowers
+        the potential most."""
+        t = len(uniforms)
+        if t != self._t:
+            self._buffers(t)
+        m, d = self.points.shape
+        a = self._addrs
+        self._u[:] = uniforms
+        self._draw(a['points'], a['_cum'], a['_u'], a['_index'], a['_cand'],
+                   m, d, t)
+        row = self._stride * 8  # bytes of one thread's potentials
+        _run(lambda p, r0, r1: self._distances(
+            a['points'], a['_cand'], a['closest'], a['_out'],
+            a['_potentials'] + p * row, m, d, t, r0, r1), self._ranges)
+        best = self._keep(a['_out'], a['_potentials'], len(self._ranges),
+                          self._stride, t, a['closest'], a['labels'],
+                          a['_cum'], m, self.count)
+        self.indices[self.count] = self._index[best]
+        self.count += 1
+
+    def result(self):
+        """``centers (K, d)``, ``indices (K,)`` and ``labels (m,)`` (as
+        :meth:`mn_chainer.mixture_steps.Seeding.result`)."""
+        return self.points[self.indices], self.indices, self.labels
 
 
 def cluster_sums(points, shift, labels, n_components):
@@ -280,9 +393,12 @@ def cluster_sums(points, shift, labels, n_components):
 def em_sums(points, shift, mixture):
     """One E-step and the M-step's sums, fused, for ``x = points - shift``.
 
-    The E-step takes direct differences ``prec (x - mu)^2``; the M-step's
-    sums are taken about the means ``mu_k`` of ``mixture`` (so that they
-    never cancel in a tight component) and accumulated in double.
+    The E-step takes direct differences ``prec (x - mu)^2`` (float32) or
+    scaled ones ``(x sqrt(prec) - mu sqrt(prec))^2`` (float64, one fused
+    multiply-add); the M-step's sums are accumulated in double, in float32
+    about the means ``mu_k`` of ``mixture`` (so that they never cancel in a
+    tight component), in float64 about the frame's origin
+    (``_cpu_kernels_impl.h``).
 
     Args:
         points: The points ``(m, d)``.
@@ -291,11 +407,14 @@ def em_sums(points, shift, mixture):
             its means relative to ``shift``.
 
     Returns:
-        tuple: ``nk (K,)`` and ``sums (K, 2d)`` (float64): the
-        responsibility sums and the responsibility-weighted sums of
-        ``x - mu_k`` and ``(x - mu_k)^2``.
+        tuple: ``nk (K,)``, ``sums (K, 2d)`` (float64): the responsibility
+        sums and the responsibility-weighted sums of ``x - c_k`` and
+        ``(x - c_k)^2``, and the origins ``c_k`` of the sums: the means
+        ``(K, d)`` (float64) for float32 points, None (the origin) for
+        float64 ones (as :func:`mn_chainer.mixture_steps.
+        gaussians_from_sums` takes them).
     """
-    m, d, k, shift, means, precisions, log_const = _e_step_arguments(
+    m, d, k, shift, a, b, log_const = _e_step_arguments(
         points, shift, mixture)
     ranges = _ranges(m, d)
     sums = _per_thread(len(ranges), (k, 2 * d), numpy.float64)
@@ -303,11 +422,14 @@ def em_sums(points, shift, mixture):
     scratch = _scratch(len(ranges), d, k, points.dtype)
     fn = _function('mn_em_sums', points.dtype)
     floor = mixture_steps.log_floor(points.dtype)
-    _run(lambda p, r0, r1: fn(_addr(points), _addr(shift), _addr(means),
-                              _addr(precisions), _addr(log_const), floor,
+    _run(lambda p, r0, r1: fn(_addr(points), _addr(shift), _addr(a),
+                              _addr(b), _addr(log_const), floor,
                               _addr(sums[p]), _addr(nk[p]),
                               _addr(scratch[p]), d, k, r0, r1), ranges)
-    return _sum(nk), _sum(sums)
+    centres = None
+    if points.dtype != numpy.float64:
+        centres = a.astype(numpy.float64)
+    return _sum(nk), _sum(sums), centres
 
 
 def log_resp(points, shift, mixture):
@@ -318,7 +440,7 @@ def log_resp(points, shift, mixture):
         tuple: log responsibilities ``(m, K)`` and log normalizers
         ``log_norm (m,)`` (``log sum_k pi_k p(x_i | k)``).
     """
-    m, d, k, shift, means, precisions, log_const = _e_step_arguments(
+    m, d, k, shift, a, b, log_const = _e_step_arguments(
         points, shift, mixture)
     ranges = _ranges(m, d)
     out = numpy.empty((m, k), dtype=points.dtype)
@@ -326,8 +448,8 @@ def log_resp(points, shift, mixture):
     scratch = _scratch(len(ranges), d, k, points.dtype)
     fn = _function('mn_log_resp', points.dtype)
     floor = mixture_steps.log_floor(points.dtype)
-    _run(lambda p, r0, r1: fn(_addr(points), _addr(shift), _addr(means),
-                              _addr(precisions), _addr(log_const), floor,
+    _run(lambda p, r0, r1: fn(_addr(points), _addr(shift), _addr(a),
+                              _addr(b), _addr(log_const), floor,
                               _addr(out), _addr(log_norm), _addr(scratch[p]),
                               d, k, r0, r1), ranges)
     return out, log_norm

@@ -41,8 +41,11 @@ The interface of a passes class:
   ``max |points[i, j]|`` and, where the backend fuses them, the
   squared distances to the point ``first`` (K-means++'s first centre),
   else None;
-* ``candidate_distances(xp, points)`` (static): K-means++'s
-  ``candidate_d2(candidates, closest_d2)`` for these points;
+* ``candidate_distances(xp, points)`` (static): K-means++'s distances
+  ``candidate_d2(candidates, closest_d2)`` for these points, and
+  ``seeding(xp, points, n_components)`` (class method): its seeding state,
+  ``seeding(first, first_d2)`` (:class:`~mn_chainer.mixture_steps.
+  Seeding` or its C twin);
 * ``hard_assign(xp, x, centers)`` (static): Lloyd's assignment;
 * ``passes.x`` (the centred points) and ``passes.seed_points()``;
 * ``passes.cluster_m_step``, ``passes.em_step``, ``passes.log_posterior``.
@@ -163,6 +166,15 @@ class ArrayPasses(object):
             mixture_steps.candidate_d2, xp, points,
             points_sq=mixture_steps.row_norms_sq(xp, points))
 
+    @classmethod
+    def seeding(cls, xp, points, n_components):
+        """K-means++'s ``seeding(first, first_d2)`` of ``points``
+        (:class:`mn_chainer.mixture_steps.Seeding` with
+        :meth:`candidate_distances`)."""
+        return functools.partial(mixture_steps.Seeding, xp, points,
+                                 n_components,
+                                 cls.candidate_distances(xp, points))
+
     @staticmethod
     def hard_assign(xp, x, centers):
         """Lloyd's assignment (:func:`mn_chainer.mixture_steps.hard_assign`).
@@ -251,8 +263,8 @@ class CudaPasses(ArrayPasses):
 
     @staticmethod
     def candidate_distances(xp, points):
-        return functools.partial(kernels.kmeanspp_candidate_d2,
-                                 xp.ascontiguousarray(points))
+        return functools.partial(_with_potentials, xp, functools.partial(
+            kernels.kmeanspp_candidate_d2, xp.ascontiguousarray(points)))
 
     @staticmethod
     def hard_assign(xp, x, centers):
@@ -268,6 +280,13 @@ class CudaPasses(ArrayPasses):
     def _responsibilities(self, terms, x, augmented):
         return mixture_steps.responsibilities(
             self.xp, self._log_resp(terms, x, augmented)[0])
+
+
+def _with_potentials(xp, candidate_d2, candidates, closest_d2):
+    """``(d2, potentials)`` of a distance function returning ``d2`` alone:
+    the potentials are its row sums, in float64."""
+    d2 = candidate_d2(candidates, closest_d2)
+    return d2, d2.sum(axis=1, dtype=numpy.float64)
 
 
 class CKernelPasses(object):
@@ -306,6 +325,11 @@ class CKernelPasses(object):
     def candidate_distances(xp, points):
         return functools.partial(cpu_kernels.candidate_d2, points)
 
+    @classmethod
+    def seeding(cls, xp, points, n_components):
+        """:class:`mn_chainer.cpu_kernels.Seeding` of ``points``."""
+        return functools.partial(cpu_kernels.Seeding, points, n_components)
+
     def seed_points(self):
         """The points as given: the C distances are direct differences."""
         return self.points, self.shift
@@ -317,10 +341,11 @@ class CKernelPasses(object):
             self.xp, nk, sums, reg_covar, self.points.dtype, reducer)
 
     def em_step(self, mixture, reg_covar, reducer=None):
-        nk, sums = cpu_kernels.em_sums(self.points, self.shift, mixture)
+        nk, sums, centres = cpu_kernels.em_sums(self.points, self.shift,
+                                                mixture)
         return mixture_steps.mixture_from_sums(
             self.xp, nk, sums, reg_covar, self.points.dtype, reducer,
-            centres=mixture.means.astype(sums.dtype))
+            centres=centres)
 
     def log_posterior(self, mixture):
         return cpu_kernels.log_resp(self.points, self.shift, mixture)

@@ -284,7 +284,7 @@ def kmeans_plusplus(points, n_components, n_trials=None, rng=None):
     passes_type = fit_passes.select_passes(xp, points)
     centers, indices, _ = mixture_steps.kmeans_plusplus(
         xp, points, n_components, int(n_trials), _check_rng(xp, rng),
-        passes_type.candidate_distances(xp, points))
+        passes_type.seeding(xp, points, n_components))
     return centers, indices
 
 
@@ -547,7 +547,7 @@ def _fit_gmm(xp, points, n_components, kmeans_iters, em_iters, n_trials,
                 xp, passes.x, reducer, local_rng, n_total), 0
         centers, _, seed_labels = mixture_steps.kmeans_plusplus(
             xp, seed_points, n_components, n_trials, rng,
-            passes_type.candidate_distances(xp, seed_points), first=first,
+            passes_type.seeding(xp, seed_points, n_components), first=first,
             first_d2=first_d2)
         centers = centers - seed_origin
         if reducer is None:

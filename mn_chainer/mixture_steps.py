@@ -13,7 +13,7 @@ orchestrates.
   :func:`estimate_log_resp`, :func:`responsibilities`.
 * M-step: :func:`gaussian_sums`, :func:`gaussians_from_sums`
   (together :func:`estimate_gaussian_parameters`).
-* K-means++: :func:`kmeans_plusplus` (with a backend's distances).
+* K-means++: :func:`kmeans_plusplus` (with a backend's :class:`Seeding`).
 * Lloyd: :func:`lloyd` (with a backend's assignment).
 * Pruning: :func:`prune` (paper §5.3).
 
@@ -364,17 +364,21 @@ def row_norms_sq(xp, points):
 
 
 def candidate_d2(xp, points, candidates, closest_d2, points_sq=None):
-    """Squared distance to the nearest centre if ``candidates[t]`` is added.
+    """One round of K-means++: the squared distance to the nearest centre if
+    ``candidates[t]`` is added, and the potential of each candidate.
 
-    Returns an array of shape ``(T, m)``:
-    ``min(closest_d2[i], ||points[i] - candidates[t]||^2)``, with the
-    expansion ``|x|^2 - 2 x.c + |c|^2`` (one matrix-vector product per
-    candidate), clipped at zero where rounding makes it negative.  The CUDA
-    and C twins (:func:`mn_chainer.kernels.kmeanspp_candidate_d2`,
+    ``d2[t, i] = min(closest_d2[i], ||points[i] - candidates[t]||^2)``, with
+    the expansion ``|x|^2 - 2 x.c + |c|^2`` (one matrix-vector product per
+    candidate), clipped at zero where rounding makes it negative; the
+    potentials are its row sums in float64.  The CUDA and C twins
+    (:func:`mn_chainer.kernels.kmeanspp_candidate_d2`,
     :func:`mn_chainer.cpu_kernels.candidate_d2`) sum direct differences.
 
     Args:
         points_sq: Optional :func:`row_norms_sq` of ``points``.
+
+    Returns:
+        tuple: ``d2 (T, m)`` and ``potentials (T,)`` (float64).
     """
     if points_sq is None:
         points_sq = row_norms_sq(xp, points)
@@ -393,60 +397,107 @@ def candidate_d2(xp, points, candidates, closest_d2, points_sq=None):
     d2 += (candidates * candidates).sum(axis=1)[:, None]
     xp.maximum(d2, 0, out=d2)
     xp.minimum(d2, closest_d2[None, :], out=d2)
-    return d2
+    return d2, d2.sum(axis=1, dtype=numpy.float64)
 
 
-def kmeans_plusplus(xp, points, n_components, n_trials, rng, candidate_d2,
+class Seeding(object):
+
+    """The state of greedy K-means++ (DESIGN §1.1 step 2) on arrays (NumPy
+    or CuPy), which :func:`kmeans_plusplus` drives round by round: every
+    point's squared distance to its nearest centre (``closest``) and the
+    index of that centre (``labels``).  The C kernels' twin is
+    :class:`mn_chainer.cpu_kernels.Seeding`.
+
+    Args:
+        points: ``(m, d)``.
+        n_components (int): ``K <= m``.
+        candidate_d2: The backend's distances of these points:
+            ``candidate_d2(candidates (T, d), closest_d2 (m,))`` returns
+            ``d2 (T, m)`` and ``potentials (T,)`` as
+            :func:`mn_chainer.mixture_steps.candidate_d2`.
+        first: Index ``(1,)`` of the first centre.
+        first_d2: Optional squared distances ``(m,)`` to the first centre.
+    """
+
+    def __init__(self, xp, points, n_components, candidate_d2, first,
+                 first_d2=None):
+        m = points.shape[0]
+        self.xp = xp
+        self.points = points
+        self.candidate_d2 = candidate_d2
+        self.indices = xp.empty(n_components, dtype=numpy.int64)
+        self.indices[0:1] = first
+        if first_d2 is None:
+            first_d2 = candidate_d2(points[first],
+                                    xp.full(m, numpy.inf, points.dtype))[0][0]
+        self.closest = xp.ascontiguousarray(first_d2)
+        self.labels = xp.zeros(m, dtype=numpy.int64)
+        self.count = 1
+
+    def add_centre(self, uniforms):
+        """One round: draws ``len(uniforms)`` candidates with probability
+        proportional to ``closest`` (the inverse of its cumulative sum, in
+        float64, at ``uniforms`` in ``[0, 1)``) and keeps the one that
+        lowers the potential most (the first on a tie); on the GPU nothing
+        is copied to the host."""
+        xp = self.xp
+        m = self.points.shape[0]
+        cumulative = xp.cumsum(self.closest, dtype=numpy.float64)
+        candidates = xp.minimum(
+            xp.searchsorted(cumulative, uniforms * cumulative[-1]), m - 1)
+        d2, potentials = self.candidate_d2(self.points[candidates],
+                                           self.closest)
+        best = potentials.argmin()
+        if xp is numpy:
+            best = int(best)  # the distances of the best: a view
+        new_d2 = d2[best]
+        self.labels = xp.where(new_d2 < self.closest, self.count,
+                               self.labels)
+        self.closest = new_d2
+        self.indices[self.count] = candidates[best]
+        self.count += 1
+
+    def result(self):
+        """``centers (K, d)``, ``indices (K,)`` and ``labels (m,)``, the
+        index of the nearest centre of every point (the first on a tie), as
+        a Lloyd assignment to the seeds would give it: the seeding tracks
+        it for free."""
+        return self.points[self.indices], self.indices, self.labels
+
+
+def kmeans_plusplus(xp, points, n_components, n_trials, rng, seeding,
                     first=None, first_d2=None):
     """Greedy K-means++ seeding (DESIGN §1.1 step 2), on validated input.
 
     The first centre is a uniformly random point; each further centre is
     the best of ``n_trials`` candidates drawn with probability proportional
     to ``D(x)^2`` (the squared distance to the nearest chosen centre): the
-    one that lowers the total potential most.  On the GPU nothing is copied
-    to the host.
+    one that lowers the total potential most.  The random draws are made
+    here, from ``rng``, alike for every backend: the first index, then
+    ``n_trials`` uniform numbers per round.
 
     Args:
         points: ``(m, d)``.
         n_components (int): ``K <= m``.
         n_trials (int): Candidates per centre.
         rng: ``xp.random.RandomState``.
-        candidate_d2: The backend's distances of these points:
-            ``candidate_d2(candidates (T, d), closest_d2 (m,))`` returns
-            ``(T, m)`` as :func:`mn_chainer.mixture_steps.candidate_d2`.
+        seeding: The backend's seeding state of these points:
+            ``seeding(first, first_d2)`` returns a :class:`Seeding` (or its
+            twin).
         first: Optional index ``(1,)`` of the first centre (drawn from
             ``rng`` by the caller, which spares the draw here).
         first_d2: Optional squared distances ``(m,)`` to the first centre.
 
     Returns:
-        tuple: ``centers (K, d)``, ``indices (K,)`` and ``labels (m,)``, the
-        index of the nearest centre of every point (the first on a tie), as
-        a Lloyd assignment to the seeds would give it: the seeding tracks
-        it for free.
+        tuple: ``centers (K, d)``, ``indices (K,)`` and ``labels (m,)``
+        (:meth:`Seeding.result`).
     """
-    m = points.shape[0]
-    indices = xp.empty(n_components, dtype=numpy.int64)
     if first is None:
-        first = rng.randint(0, m, size=1).astype(numpy.int64)
-    indices[0:1] = first
-    if first_d2 is None:
-        first_d2 = candidate_d2(points[first],
-                                xp.full(m, numpy.inf, points.dtype))[0]
-    closest_d2 = xp.ascontiguousarray(first_d2)
-    labels = xp.zeros(m, dtype=numpy.int64)
-    for c in range(1, n_components):
-        cumulative = xp.cumsum(closest_d2)
-        targets = rng.random_sample(n_trials).astype(points.dtype)
-        targets *= cumulative[-1]
-        candidates = xp.searchsorted(cumulative, targets)
-        candidates = xp.minimum(candidates, m - 1)
-        d2 = candidate_d2(points[candidates], closest_d2)
-        best = xp.argmin(d2.sum(axis=1))
-        new_d2 = xp.ascontiguousarray(d2[best])
-        labels = xp.where(new_d2 < closest_d2, c, labels)
-        closest_d2 = new_d2
-        indices[c:c + 1] = candidates[best:best + 1]
-    return points[indices], indices, labels
+        first = rng.randint(0, points.shape[0], size=1).astype(numpy.int64)
+    state = seeding(first, first_d2)
+    for _ in range(1, n_components):
+        state.add_centre(rng.random_sample(n_trials))
+    return state.result()
 
 
 def hard_assign(xp, points, centers):

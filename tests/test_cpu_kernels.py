@@ -115,21 +115,117 @@ def test_candidate_d2(kernels, ranges, dtype, m, d, t):
     points = _random_points(rs, m, d, dtype, offset=1e3)
     candidates = points[rs.randint(0, m, size=t)]
     closest = rs.uniform(0, 3 * d, size=m).astype(dtype)
-    out = kernels.candidate_d2(points, candidates, closest)
+    out, potentials = kernels.candidate_d2(points, candidates, closest)
     assert out.dtype == dtype and out.shape == (t, m)
+    assert potentials.dtype == numpy.float64 and potentials.shape == (t,)
     x = points.astype(numpy.float64)
     d2 = ((x[None] - candidates[:, None].astype(numpy.float64)) ** 2).sum(2)
-    numpy.testing.assert_allclose(out, numpy.minimum(d2, closest[None]),
-                                  rtol=_rtol(dtype), atol=_rtol(dtype))
+    expected = numpy.minimum(d2, closest[None])
+    numpy.testing.assert_allclose(out, expected, rtol=_rtol(dtype),
+                                  atol=_rtol(dtype))
     assert (out >= 0).all()
+    # The potentials: the row sums of the distances returned, in double.
+    numpy.testing.assert_allclose(
+        potentials, out.astype(numpy.float64).sum(axis=1), rtol=1e-13)
     # It equals the NumPy twin (expanded distances on centred points).
     shift = points.mean(axis=0)
-    twin = mixture_steps.candidate_d2(
+    twin, twin_potentials = mixture_steps.candidate_d2(
         numpy, points - shift, candidates - shift, closest,
         mixture_steps.row_norms_sq(numpy, points - shift))
     numpy.testing.assert_allclose(out, twin, rtol=_rtol(dtype) * 10,
                                   atol=1e-2 if dtype == numpy.float32
                                   else 1e-9)
+    numpy.testing.assert_allclose(potentials, twin_potentials,
+                                  rtol=_rtol(dtype) * 10)
+
+
+def _seed_both(points, n_components, first, uniforms):
+    """The C seeding and its array twin, driven with the same draws; the
+    twin runs on centred points, as in the fit (its distances are
+    expanded)."""
+    centred = points - points.mean(axis=0).astype(points.dtype)
+    states = [passes.seeding(numpy, x, n_components)(first)
+              for passes, x in ((fit_passes.CKernelPasses, points),
+                                (fit_passes.ArrayPasses, centred))]
+    for u in uniforms:
+        for state in states:
+            state.add_centre(u)
+    return [state.result() for state in states] + [states]
+
+
+@pytest.mark.parametrize('dtype', DTYPES)
+@pytest.mark.parametrize('m,d', [(5, 3), (130, 33), (1001, 9)])
+def test_seeding_equals_array_twin(kernels, ranges, dtype, m, d):
+    """The C seeding (inverse-CDF draws from float64 cumulative sums,
+    direct distances, best candidate and labels kept in C) chooses the
+    centres of :class:`mixture_steps.Seeding` from the same draws, and its
+    labels are the nearest centre by float64 distances."""
+    rs = numpy.random.RandomState(m + d)
+    points = _random_points(rs, m, d, dtype, offset=1e3)
+    points[::7] = points[3]  # repeated points: zero distances
+    k = min(5, m)
+    uniforms = rs.random_sample((k - 1, 3))
+    (c_centers, c_indices, c_labels), (centers, indices, labels), states = (
+        _seed_both(points, k, numpy.array([3]), uniforms))
+    numpy.testing.assert_array_equal(c_indices, indices)
+    numpy.testing.assert_array_equal(c_centers, points[indices])
+    numpy.testing.assert_array_equal(c_labels, labels)
+    assert c_centers.dtype == dtype and c_labels.dtype == numpy.int64
+    numpy.testing.assert_allclose(states[0].closest, states[1].closest,
+                                  rtol=_rtol(dtype) * 10, atol=1e-2)
+    d2 = ((points.astype(numpy.float64)[:, None]
+           - c_centers.astype(numpy.float64)[None]) ** 2).sum(axis=2)
+    numpy.testing.assert_allclose(states[0].closest, d2.min(axis=1),
+                                  rtol=_rtol(dtype), atol=_rtol(dtype))
+    gaps = numpy.sort(d2, axis=1)
+    clear = gaps[:, 1] - gaps[:, 0] > 1e-3 * gaps[:, 1]  # no near tie
+    numpy.testing.assert_array_equal(c_labels[clear],
+                                     d2.argmin(axis=1)[clear])
+
+
+def test_seeding_draws_by_inverse_cdf(kernels):
+    """A point is drawn with probability proportional to its squared
+    distance: the first index whose float64 cumulative sum reaches
+    ``u * total`` (points at distance zero are never drawn, ``u`` near one
+    draws the last point with a positive distance)."""
+    points = numpy.array([[0.], [0.], [1.], [0.], [3.], [0.]])
+    # Distances to the first centre (the point 0): 0, 0, 1, 0, 9, 0.
+    uniforms = numpy.array([[0.05, 0.1 - 1e-12, 0.1, 0.5]])
+    expected_cum = numpy.cumsum([0., 0., 1., 0., 9., 0.])
+    expected = numpy.searchsorted(expected_cum, uniforms[0] * 10)
+    numpy.testing.assert_array_equal(expected, [2, 2, 2, 4])
+    state = fit_passes.CKernelPasses.seeding(numpy, points, 2)(
+        numpy.array([0]))
+    state._buffers(4)
+    state._u[:] = uniforms[0]
+    m, d = points.shape
+    a = state._addrs
+    state._draw(a['points'], a['_cum'], a['_u'], a['_index'], a['_cand'],
+                m, d, 4)
+    numpy.testing.assert_array_equal(state._index, expected)
+    numpy.testing.assert_array_equal(state._cand, points[expected])
+    numpy.testing.assert_array_equal(state._cum, expected_cum)
+    # The best of the candidates 2, 2, 2, 4 is the point 4 (the first of
+    # equal potentials would be kept).
+    state.add_centre(uniforms[0])
+    numpy.testing.assert_array_equal(state.indices, [0, 4])
+    numpy.testing.assert_array_equal(state.labels, [0, 0, 0, 0, 1, 0])
+    numpy.testing.assert_array_equal(state.closest, [0, 0, 1, 0, 0, 0])
+
+
+@pytest.mark.parametrize('dtype', DTYPES)
+def test_seeding_identical_points(kernels, ranges, dtype):
+    """Every distance zero: the draws fall on the first point, the seeds
+    are copies of it, every label stays 0, alike on both paths."""
+    points = numpy.full((40, 3), 7.0, dtype)
+    (c_centers, c_indices, c_labels), (centers, indices, labels), _ = (
+        _seed_both(points, 4, numpy.array([5]), numpy.full((3, 3), 0.5)))
+    numpy.testing.assert_array_equal(c_indices, indices)
+    numpy.testing.assert_array_equal(c_indices, [5, 0, 0, 0])
+    numpy.testing.assert_array_equal(c_labels, 0)
+    numpy.testing.assert_array_equal(labels, 0)
+    numpy.testing.assert_array_equal(c_centers, points[:4])
+    numpy.testing.assert_array_equal(centers, 0)  # centred
 
 
 @pytest.mark.parametrize('dtype', DTYPES)
@@ -156,21 +252,29 @@ def test_cluster_sums(kernels, ranges, dtype, m, d, k):
 @pytest.mark.parametrize('k', [1, 2, 5])
 @pytest.mark.parametrize('tight', [False, True])
 def test_em_sums(kernels, ranges, dtype, m, d, k, tight):
-    """Responsibilities of the direct-difference E-step and the sums of
-    ``x - mu_k`` and ``(x - mu_k)^2`` against float64."""
+    """Responsibilities of the E-step (direct differences in float32,
+    scaled ones in float64) and the sums of ``x - c_k`` and ``(x - c_k)^2``
+    against float64, about the means ``c_k = mu_k`` in float32, about the
+    origin ``c_k = 0`` in float64."""
     rs = numpy.random.RandomState(10 * m + d + k)
     points = _random_points(rs, m, d, dtype)
     shift = points.mean(axis=0).astype(dtype)
     mixture = _random_mixture(rs, k, d, dtype, tight)
-    nk, sums = kernels.em_sums(points, shift, mixture)
+    nk, sums, centres = kernels.em_sums(points, shift, mixture)
     assert nk.dtype == sums.dtype == numpy.float64
     assert sums.shape == (k, 2 * d)
+    if dtype == numpy.float32:
+        assert centres.dtype == numpy.float64
+        numpy.testing.assert_array_equal(centres, mixture.means)
+    else:
+        assert centres is None
+        centres = numpy.zeros((k, d))
     x = _centred64(points, shift)
     resp = mixture_reference.posterior(x, mixture)
     tol = _rtol(dtype) * (100 if tight else 1)
     numpy.testing.assert_allclose(nk, resp.sum(axis=0), rtol=tol,
                                   atol=tol * m)
-    diff = x[:, None, :] - mixture.means.astype(numpy.float64)[None]
+    diff = x[:, None, :] - centres[None]
     expected = numpy.concatenate((numpy.einsum('ik,ikj->kj', resp, diff),
                                   numpy.einsum('ik,ikj->kj', resp,
                                                diff * diff)), axis=1)
@@ -223,7 +327,8 @@ def test_e_step_dead_channels(kernels, ranges, scale):
     numpy.testing.assert_allclose(numpy.exp(out), numpy.exp(expected),
                                   atol=1e-4)
     numpy.testing.assert_allclose(log_norm, expected_norm, rtol=1e-5)
-    nk, sums = kernels.em_sums(points, shift, centred)
+    nk, sums, centres = kernels.em_sums(points, shift, centred)
+    numpy.testing.assert_array_equal(centres, centred.means)
     resp = numpy.exp(expected)
     numpy.testing.assert_allclose(nk, resp.sum(axis=0), rtol=1e-4)
     diff = x64[:, None, :] - mixture.means.astype(numpy.float64)[None]
@@ -242,7 +347,7 @@ def test_em_sums_well_separated_rows(kernels):
         numpy.array([[0.] * 4, [60.] * 4], numpy.float32),
         numpy.ones((2, 4), numpy.float32))
     shift = numpy.zeros(4, numpy.float32)
-    nk, sums = kernels.em_sums(points, shift, mixture)
+    nk, sums, _ = kernels.em_sums(points, shift, mixture)
     assert numpy.isfinite(nk).all() and numpy.isfinite(sums).all()
     numpy.testing.assert_allclose(nk.sum(), 700, rtol=1e-5)
     # The NumPy twin (float64 expanded E-step, the same floor).

@@ -371,8 +371,7 @@ def test_seeding_labels_are_the_nearest_seed():
     points = rs.randn(500, 6) * rs.uniform(0.5, 2, size=6)
     centers, indices, labels = mixture_steps.kmeans_plusplus(
         numpy, points, 5, 3, numpy.random.RandomState(0),
-        fit_passes.select_passes(numpy, points).candidate_distances(
-            numpy, points))
+        fit_passes.select_passes(numpy, points).seeding(numpy, points, 5))
     d2 = ((points[:, None, :] - centers[None]) ** 2).sum(axis=2)
     numpy.testing.assert_array_equal(labels, d2.argmin(axis=1))
     numpy.testing.assert_array_equal(labels[indices], numpy.arange(5))
@@ -643,12 +642,14 @@ def test_float32_distances_rounding_below_zero(xp):
     x = xp.asarray(points)
     closest = xp.full(400, numpy.inf, numpy.float32)
     candidate_d2 = fit_passes.select_passes(xp, x).candidate_distances(xp, x)
-    d2 = _host(candidate_d2(x[:4], closest))
+    d2, potentials = map(_host, candidate_d2(x[:4], closest))
     assert d2.shape == (4, 400)
     assert numpy.isfinite(d2).all() and (d2 >= 0).all()
+    numpy.testing.assert_allclose(potentials, d2.sum(axis=1, dtype=float),
+                                  rtol=1e-6)
     # A finite nearest distance caps the result.
     cap = xp.full(400, 0.5, numpy.float32)
-    assert (_host(candidate_d2(x[:4], cap)) <= 0.5).all()
+    assert (_host(candidate_d2(x[:4], cap)[0]) <= 0.5).all()
 
     for seed in range(5):
         centers, indices = gmm.kmeans_plusplus(x, 5, rng=seed)
