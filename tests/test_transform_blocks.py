@@ -13,6 +13,7 @@ scale ``gamma`` takes negative and zero values, where the thresholds flip or
 vanish.
 """
 import importlib
+import unittest
 
 import numpy
 import pytest
@@ -20,7 +21,10 @@ import pytest
 import chainer
 from chainer import gradient_check
 import chainer.functions as F
+from chainer import testing
 
+import backends
+from backends import skip_gpu_tests_without_gpu  # NOQA: F401 (fixture)
 import mn_chainer.functions as MF
 from mn_chainer.functions import batch_blocks
 import mn_reference
@@ -138,6 +142,27 @@ def test_relu_with_negative_and_zero_gamma(blocks_of, shape, samples):
 
     gradient_check.check_backward(f, (x, gamma, beta), gy, eps=1e-6,
                                   atol=1e-6, rtol=1e-5, dtype=numpy.float64)
+
+
+@testing.parameterize(*testing.product({'shape': [(6, 6, 3, 3), (9, 6)]}))
+@testing.inject_backend_tests(None, backends.BACKENDS)
+class TestSignedGammaOnEveryBackend(unittest.TestCase):
+
+    """The thresholds of Eq. 40 with negative and zero ``gamma`` on NumPy
+    and CuPy (where the batch is one block)."""
+
+    def test_forward_and_backward(self, backend_config):
+        x, tau, _, _, gy = _inputs(self.shape, 3, seed=2)
+        gamma, beta = SIGNED_GAMMA, SIGNED_BETA
+        xv, gv, bv = (chainer.Variable(backend_config.get_array(a))
+                      for a in (x, gamma, beta))
+        y = MF.mixture_normalization(xv, backend_config.get_array(tau), gv,
+                                     bv, relu=True)
+        y.grad = backend_config.get_array(gy)
+        y.backward()
+        for name, a, b in zip(NAMES, (y, xv.grad, gv.grad, bv.grad),
+                              _expected(x, tau, gamma, beta, gy, True)):
+            _assert_close(backends.to_cpu(a), b, 1e-10, name)
 
 
 @pytest.mark.parametrize('samples', [1, 2, None])
