@@ -2,13 +2,14 @@
  * Fused CPU kernels of the mixture fit (mn_chainer.gmm on NumPy).
  *
  * Plain C99 (no Python or NumPy API in the kernels): the extension module
- * below only exists so that setuptools builds and installs the shared
- * library; mn_chainer/cpu_kernels.py loads it with ctypes, checks every
+ * below exists so that setuptools builds and installs the shared library,
+ * and gives the address of an array's data cheaply;
+ * mn_chainer/cpu_kernels.py loads the library with ctypes, checks every
  * argument and runs row ranges on several threads.  The kernels are
  * instantiated for float and double from _cpu_kernels_impl.h.  On x86-64
- * Linux with GCC 12 or later every kernel is compiled for AVX-512 (x86-64-v4),
- * AVX2 + FMA (x86-64-v3) and the baseline, the one the CPU supports being
- * picked when the library loads.
+ * Linux with GCC 12 or later every kernel is compiled for AVX-512
+ * (x86-64-v4), AVX2 + FMA (x86-64-v3) and the baseline, the one the CPU
+ * supports being picked when the library loads.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -77,11 +78,33 @@ _Static_assert(MN_FLUSH_ROWS % MN_TILE == 0,
 #undef LOG
 #undef MN_FUSED_FORMS
 
+/*
+ * address(a): the address of the data of a contiguous array (any object
+ * with a contiguous buffer), for the ctypes calls of
+ * mn_chainer/cpu_kernels.py: a tenth of the cost of reading it from
+ * a.__array_interface__, which builds a dictionary at every call.
+ */
+static PyObject *mn_address(PyObject *module, PyObject *obj)
+{
+    Py_buffer view;
+    (void)module;
+    if (PyObject_GetBuffer(obj, &view, PyBUF_ANY_CONTIGUOUS) < 0)
+        return NULL;
+    PyObject *address = PyLong_FromVoidPtr(view.buf);
+    PyBuffer_Release(&view);
+    return address;
+}
+
+static PyMethodDef mn_cpu_kernels_methods[] = {
+    {"address", mn_address, METH_O,
+     "The address of the data of a contiguous array (for ctypes calls)."},
+    {NULL, NULL, 0, NULL}};
+
 static struct PyModuleDef mn_cpu_kernels_module = {
     PyModuleDef_HEAD_INIT, "_cpu_kernels",
     "Fused CPU kernels of mn_chainer.gmm (loaded with ctypes by "
     "mn_chainer.cpu_kernels).",
-    -1, NULL, NULL, NULL, NULL, NULL};
+    -1, mn_cpu_kernels_methods, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__cpu_kernels(void)
 {

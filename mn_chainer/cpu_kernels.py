@@ -47,11 +47,12 @@ import numpy
 from mn_chainer import mixture_steps
 
 
-#: Elements of the point matrix per thread below which a pass is not split
-#: further (waking a thread costs ~0.1 ms on the development machine):
-#: passes that compute much per element (E-step, K-means++ distances) and
-#: passes that mostly read (sums), where more threads gain little.
-MIN_ELEMENTS_PER_THREAD = {'compute': 1 << 19, 'read': 1 << 21}
+#: Work per thread below which a pass is not split further: elements of
+#: the point matrix times the operations per element (the components of an
+#: E-step, the candidates of a K-means++ round, 1 for the sums), about
+#: 0.05 to 0.15 ms on one core, where starting a thread costs 0.02 to
+#: 0.05 ms.
+MIN_WORK_PER_THREAD = 1 << 18
 
 _SUFFIX = {numpy.dtype(numpy.float32): 'f32',
            numpy.dtype(numpy.float64): 'f64'}
@@ -79,12 +80,20 @@ _pools = {}
 
 
 @functools.lru_cache(maxsize=None)
-def _library():
+def _extension():
+    """The extension module, or None where it is not built."""
     try:
         from mn_chainer import _cpu_kernels
     except ImportError:
         return None
-    lib = ctypes.CDLL(_cpu_kernels.__file__)
+    return _cpu_kernels
+
+
+@functools.lru_cache(maxsize=None)
+def _library():
+    if _extension() is None:
+        return None
+    lib = ctypes.CDLL(_extension().__file__)
     for suffix, real in (('f32', ctypes.c_float), ('f64', ctypes.c_double)):
         for name, argtypes in _SIGNATURES.items():
             fn = getattr(lib, '{}_{}'.format(name, suffix))
@@ -106,7 +115,15 @@ def available():
 
 
 def n_threads():
-    """Threads a pass may use: the CPUs this process may run on."""
+    """Threads a pass may use: ``MN_CHAINER_CPU_THREADS`` where it is set
+    (a positive integer), else the CPUs this process may run on."""
+    limit = os.environ.get('MN_CHAINER_CPU_THREADS')
+    if limit:
+        try:
+            return max(1, int(limit))
+        except ValueError:
+            raise ValueError('MN_CHAINER_CPU_THREADS must be a positive '
+                             'integer, got {!r}'.format(limit)) from None
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux
@@ -121,9 +138,10 @@ def _pool(workers):
         return _pools[workers]
 
 
-def _ranges(m, d, kind='compute'):
-    """Contiguous row ranges, one per thread."""
-    parts = max(1, min(n_threads(), m * d // MIN_ELEMENTS_PER_THREAD[kind]))
+def _ranges(m, d, work=1):
+    """Contiguous row ranges, one per thread, for ``work`` operations per
+    element (:data:`MIN_WORK_PER_THREAD`)."""
+    parts = max(1, min(n_threads(), m * d * work // MIN_WORK_PER_THREAD))
     return [(m * p // parts, m * (p + 1) // parts) for p in range(parts)]
 
 
@@ -139,22 +157,36 @@ def _run(call, ranges):
         future.result()
 
 
-def _per_thread(parts, shape, dtype):
+class _PerThread(object):
+
     """Zeroed buffers of ``shape``, one per thread, at least one cache line
     (64 bytes) apart: threads adding into neighbouring bytes of one line
-    would take the line from each other at every row."""
-    size = math.prod(shape)
-    pad = 128 // numpy.dtype(dtype).itemsize
-    block = numpy.zeros((parts, size + pad), dtype=dtype)
-    return [block[p, pad // 2:pad // 2 + size].reshape(shape)
-            for p in range(parts)]
+    would take the line from each other at every row.  ``addr(p)`` is the
+    address of thread ``p``'s buffer, :meth:`sum` their sum."""
+
+    def __init__(self, parts, shape, dtype):
+        itemsize = numpy.dtype(dtype).itemsize
+        self.shape = shape
+        self._size = math.prod(shape)
+        self._pad = 128 // itemsize
+        self.block = numpy.zeros((parts, self._size + self._pad), dtype)
+        self._base = _addr(self.block) + self._pad // 2 * itemsize
+        self._stride = self.block.strides[0]
+
+    def addr(self, p):
+        return self._base + p * self._stride
+
+    def sum(self):
+        start = self._pad // 2
+        return self.block[:, start:start + self._size].sum(axis=0).reshape(
+            self.shape)
 
 
 def _scratch(parts, d, k, dtype):
     """The E-step kernels' scratch buffers, one per thread, of the size the
     C side asks for (``mn_scratch_size``)."""
-    size = _function('mn_scratch_size', dtype)(d, k)
-    return _per_thread(parts, (size,), dtype)
+    return _PerThread(parts, (_function('mn_scratch_size', dtype)(d, k),),
+                      dtype)
 
 
 @functools.lru_cache(maxsize=None)
@@ -163,8 +195,8 @@ def _function(name, dtype):
 
 
 def _addr(a):
-    """The address of ``a``'s data."""
-    return a.__array_interface__['data'][0]
+    """The address of the data of ``a``, a contiguous array."""
+    return _extension().address(a)
 
 
 # ---------------------------------------------------------------------------
@@ -216,11 +248,6 @@ def _e_step_arguments(points, shift, mixture):
     return m, d, k, shift, a, b, log_const.astype(dtype)
 
 
-def _sum(parts):
-    """The sum of the per-thread buffers."""
-    return sum(parts[1:], parts[0])
-
-
 # ---------------------------------------------------------------------------
 # Kernels
 
@@ -236,19 +263,19 @@ def column_sums(points, first=None):
         ``(m,)`` or None.
     """
     m, d = _check_points(points)
-    ranges = _ranges(m, d, 'read' if first is None else 'compute')
-    sums = _per_thread(len(ranges), (d,), numpy.float64)
-    amax = _per_thread(len(ranges), (d,), points.dtype)
-    d2 = None
+    ranges = _ranges(m, d, 1 if first is None else 2)
+    sums = _PerThread(len(ranges), (d,), numpy.float64)
+    amax = _PerThread(len(ranges), (d,), points.dtype)
+    d2 = first_addr = d2_addr = None
     if first is not None:
         first = _as('first', first, points.dtype, (d,))
         d2 = numpy.empty(m, dtype=points.dtype)
+        first_addr, d2_addr = _addr(first), _addr(d2)
     fn = _function('mn_column_sums', points.dtype)
-    _run(lambda p, r0, r1: fn(
-        _addr(points), None if first is None else _addr(first),
-        _addr(sums[p]), _addr(amax[p]), None if d2 is None else _addr(d2),
-        d, r0, r1), ranges)
-    return _sum(sums), float(numpy.max(amax, initial=0)), d2
+    address = _addr(points)
+    _run(lambda p, r0, r1: fn(address, first_addr, sums.addr(p), amax.addr(p),
+                              d2_addr, d, r0, r1), ranges)
+    return sums.sum(), float(numpy.max(amax.block, initial=0)), d2
 
 
 def candidate_d2(x, candidates, closest_d2):
@@ -269,13 +296,13 @@ def candidate_d2(x, candidates, closest_d2):
     t = candidates.shape[0]
     closest_d2 = _as('closest_d2', closest_d2, x.dtype, (m,))
     out = numpy.empty((t, m), dtype=x.dtype)
-    ranges = _ranges(m, d)
-    potentials = _per_thread(len(ranges), (t,), numpy.float64)
+    ranges = _ranges(m, d, t)
+    potentials = _PerThread(len(ranges), (t,), numpy.float64)
     fn = _function('mn_candidate_d2', x.dtype)
-    _run(lambda p, r0, r1: fn(_addr(x), _addr(candidates),
-                              _addr(closest_d2), _addr(out),
-                              _addr(potentials[p]), m, d, t, r0, r1), ranges)
-    return out, _sum(potentials)
+    addresses = [_addr(a) for a in (x, candidates, closest_d2, out)]
+    _run(lambda p, r0, r1: fn(*addresses, potentials.addr(p), m, d, t, r0,
+                              r1), ranges)
+    return out, potentials.sum()
 
 
 class Seeding(object):
@@ -297,6 +324,9 @@ class Seeding(object):
         n_components (int): ``K <= m``.
         first: Index ``(1,)`` of the first centre.
         first_d2: Optional squared distances ``(m,)`` to it.
+
+    Attributes:
+        closest, labels, indices: The state (``(m,)``, ``(m,)``, ``(K,)``).
     """
 
     def __init__(self, points, n_components, first, first_d2=None):
@@ -315,11 +345,9 @@ class Seeding(object):
         self.labels = numpy.zeros(m, dtype=numpy.int64)
         self.count = 1
         self._cum = numpy.empty(m, dtype=numpy.float64)
-        self._ranges = _ranges(m, d)
-        self._draw = _function('mn_seed_draw', points.dtype)
-        self._distances = _function('mn_candidate_d2', points.dtype)
-        self._keep = _function('mn_seed_keep', points.dtype)
+        self._ranges = None
         self._t = None
+        self._keep = _function('mn_seed_keep', points.dtype)
         self._keep(None, None, 0, 0, 0, _addr(self.closest),
                    _addr(self.labels), _addr(self._cum), m, 0)
 
@@ -327,6 +355,7 @@ class Seeding(object):
         """The round's buffers for ``t`` candidates, and their addresses."""
         m, d = self.points.shape
         self._t = t
+        self._ranges = _ranges(m, d, t)
         self._u = numpy.empty(t, dtype=numpy.float64)
         self._index = numpy.empty(t, dtype=numpy.int64)
         self._cand = numpy.empty((t, d), dtype=self.points.dtype)
@@ -338,21 +367,32 @@ class Seeding(object):
             'points', 'closest', 'labels', '_cum', '_u', '_index', '_cand',
             '_out', '_potentials')}
 
-    def add_centre(self, uniforms):
-        """One round: draws ``len(uniforms)`` candidates with probability
-        proportional to the squared distance to the nearest centre
-        (``uniforms`` in ``[0, 1)``, float64) and keeps the one that lowers
-        the potential most."""
+    def draw(self, uniforms):
+        """The candidates of a round: the indices ``(T,)`` of the points
+        drawn with probability proportional to the squared distance to the
+        nearest centre, by the inverse of its cumulative sum at
+        ``uniforms`` (in ``[0, 1)``, float64; ``mn_seed_draw``)."""
         t = len(uniforms)
         if t != self._t:
             self._buffers(t)
         m, d = self.points.shape
         a = self._addrs
         self._u[:] = uniforms
-        self._draw(a['points'], a['_cum'], a['_u'], a['_index'], a['_cand'],
-                   m, d, t)
+        _function('mn_seed_draw', self.points.dtype)(
+            a['points'], a['_cum'], a['_u'], a['_index'], a['_cand'], m, d, t)
+        return self._index
+
+    def add_centre(self, uniforms):
+        """One round: draws ``len(uniforms)`` candidates (:meth:`draw`) and
+        keeps the one that lowers the potential most."""
+        self.draw(uniforms)
+        m, d = self.points.shape
+        t = self._t
+        dtype = self.points.dtype
+        a = self._addrs
         row = self._stride * 8  # bytes of one thread's potentials
-        _run(lambda p, r0, r1: self._distances(
+        fn = _function('mn_candidate_d2', dtype)
+        _run(lambda p, r0, r1: fn(
             a['points'], a['_cand'], a['closest'], a['_out'],
             a['_potentials'] + p * row, m, d, t, r0, r1), self._ranges)
         best = self._keep(a['_out'], a['_potentials'], len(self._ranges),
@@ -380,14 +420,14 @@ def cluster_sums(points, shift, labels, n_components):
     labels = _as('labels', labels, numpy.int64, (m,))
     if m and (labels.min() < 0 or labels.max() >= n_components):
         raise ValueError('labels must lie in [0, {})'.format(n_components))
-    ranges = _ranges(m, d, 'read')
-    sums = _per_thread(len(ranges), (n_components, 2 * d), numpy.float64)
-    counts = _per_thread(len(ranges), (n_components,), numpy.float64)
+    ranges = _ranges(m, d)
+    sums = _PerThread(len(ranges), (n_components, 2 * d), numpy.float64)
+    counts = _PerThread(len(ranges), (n_components,), numpy.float64)
     fn = _function('mn_cluster_sums', points.dtype)
-    _run(lambda p, r0, r1: fn(_addr(points), _addr(shift), _addr(labels),
-                              _addr(sums[p]), _addr(counts[p]), d, r0, r1),
-         ranges)
-    return _sum(counts), _sum(sums)
+    addresses = [_addr(a) for a in (points, shift, labels)]
+    _run(lambda p, r0, r1: fn(*addresses, sums.addr(p), counts.addr(p), d,
+                              r0, r1), ranges)
+    return counts.sum(), sums.sum()
 
 
 def em_sums(points, shift, mixture):
@@ -416,20 +456,19 @@ def em_sums(points, shift, mixture):
     """
     m, d, k, shift, a, b, log_const = _e_step_arguments(
         points, shift, mixture)
-    ranges = _ranges(m, d)
-    sums = _per_thread(len(ranges), (k, 2 * d), numpy.float64)
-    nk = _per_thread(len(ranges), (k,), numpy.float64)
+    ranges = _ranges(m, d, k)
+    sums = _PerThread(len(ranges), (k, 2 * d), numpy.float64)
+    nk = _PerThread(len(ranges), (k,), numpy.float64)
     scratch = _scratch(len(ranges), d, k, points.dtype)
     fn = _function('mn_em_sums', points.dtype)
     floor = mixture_steps.log_floor(points.dtype)
-    _run(lambda p, r0, r1: fn(_addr(points), _addr(shift), _addr(a),
-                              _addr(b), _addr(log_const), floor,
-                              _addr(sums[p]), _addr(nk[p]),
-                              _addr(scratch[p]), d, k, r0, r1), ranges)
+    addresses = [_addr(v) for v in (points, shift, a, b, log_const)]
+    _run(lambda p, r0, r1: fn(*addresses, floor, sums.addr(p), nk.addr(p),
+                              scratch.addr(p), d, k, r0, r1), ranges)
     centres = None
     if points.dtype != numpy.float64:
         centres = a.astype(numpy.float64)
-    return _sum(nk), _sum(sums), centres
+    return nk.sum(), sums.sum(), centres
 
 
 def log_resp(points, shift, mixture):
@@ -442,14 +481,14 @@ def log_resp(points, shift, mixture):
     """
     m, d, k, shift, a, b, log_const = _e_step_arguments(
         points, shift, mixture)
-    ranges = _ranges(m, d)
+    ranges = _ranges(m, d, k)
     out = numpy.empty((m, k), dtype=points.dtype)
     log_norm = numpy.empty(m, dtype=points.dtype)
     scratch = _scratch(len(ranges), d, k, points.dtype)
     fn = _function('mn_log_resp', points.dtype)
     floor = mixture_steps.log_floor(points.dtype)
-    _run(lambda p, r0, r1: fn(_addr(points), _addr(shift), _addr(a),
-                              _addr(b), _addr(log_const), floor,
-                              _addr(out), _addr(log_norm), _addr(scratch[p]),
-                              d, k, r0, r1), ranges)
+    addresses = [_addr(v) for v in (points, shift, a, b, log_const)]
+    _run(lambda p, r0, r1: fn(*addresses, floor, _addr(out),
+                              _addr(log_norm), scratch.addr(p), d, k, r0,
+                              r1), ranges)
     return out, log_norm

@@ -147,8 +147,12 @@ def exp_normal(xp, log_p):
 def log_weights(xp, weights):
     """``log(weights)`` with ``log(0) = -inf`` (an absent component) and no
     warning."""
-    with numpy.errstate(divide='ignore'):
+    if xp is not numpy:  # CuPy does not warn
         return xp.log(weights)
+    # The logarithm of the non-zero weights only (cheaper than errstate).
+    return numpy.log(weights, out=numpy.full(weights.shape, -numpy.inf,
+                                             weights.dtype),
+                     where=weights != 0)
 
 
 # ---------------------------------------------------------------------------

@@ -42,8 +42,7 @@ def ranges(request, monkeypatch):
     (uneven, so that tiles straddle the range boundaries)."""
     if request.param == 'three ranges':
         monkeypatch.setattr(cpu_kernels, 'n_threads', lambda: 3)
-        monkeypatch.setattr(cpu_kernels, 'MIN_ELEMENTS_PER_THREAD',
-                            {'compute': 1, 'read': 1})
+        monkeypatch.setattr(cpu_kernels, 'MIN_WORK_PER_THREAD', 1)
     return request.param
 
 
@@ -196,13 +195,7 @@ def test_seeding_draws_by_inverse_cdf(kernels):
     numpy.testing.assert_array_equal(expected, [2, 2, 2, 4])
     state = fit_passes.CKernelPasses.seeding(numpy, points, 2)(
         numpy.array([0]))
-    state._buffers(4)
-    state._u[:] = uniforms[0]
-    m, d = points.shape
-    a = state._addrs
-    state._draw(a['points'], a['_cum'], a['_u'], a['_index'], a['_cand'],
-                m, d, 4)
-    numpy.testing.assert_array_equal(state._index, expected)
+    numpy.testing.assert_array_equal(state.draw(uniforms[0]), expected)
     numpy.testing.assert_array_equal(state._cand, points[expected])
     numpy.testing.assert_array_equal(state._cum, expected_cum)
     # The best of the candidates 2, 2, 2, 4 is the point 4 (the first of
@@ -401,6 +394,40 @@ def test_bad_arguments_raise(kernels):
     with pytest.raises(ValueError, match='variances must have shape'):
         kernels.log_resp(x, shift, mixture._replace(
             variances=numpy.ones((3, 3))))
+
+
+def test_address_of_array_data(kernels):
+    """The extension's ``address`` (what the kernels are given) is the
+    address of the data of any contiguous array, read-only ones included;
+    a strided view is refused before it can reach C."""
+    a = numpy.arange(12.0).reshape(3, 4)
+    assert kernels._addr(a) == a.ctypes.data
+    assert kernels._addr(a[1]) == a.ctypes.data + 4 * 8
+    read_only = numpy.ones(5, numpy.float32)
+    read_only.flags.writeable = False
+    assert kernels._addr(read_only) == read_only.ctypes.data
+    with pytest.raises(ValueError, match='contiguous'):
+        kernels._addr(a[:, ::2])
+
+
+def test_threads_and_row_ranges(kernels, monkeypatch):
+    """``MN_CHAINER_CPU_THREADS`` caps the threads (a clear error for a
+    bad value); a pass gets one row range per MIN_WORK_PER_THREAD of work,
+    up to the threads, and the ranges cover the rows once, in order."""
+    monkeypatch.setenv('MN_CHAINER_CPU_THREADS', '3')
+    assert kernels.n_threads() == 3
+    monkeypatch.setenv('MN_CHAINER_CPU_THREADS', 'many')
+    with pytest.raises(ValueError, match='MN_CHAINER_CPU_THREADS'):
+        kernels.n_threads()
+    monkeypatch.setenv('MN_CHAINER_CPU_THREADS', '4')
+    d = kernels.MIN_WORK_PER_THREAD // 64
+    assert kernels._ranges(64, d) == [(0, 64)]
+    assert kernels._ranges(64, d - 1, 2) == [(0, 64)]
+    assert kernels._ranges(64, d, 2) == [(0, 32), (32, 64)]
+    ranges = kernels._ranges(1001, d, 5)
+    assert len(ranges) == 4
+    assert [r0 for r0, _ in ranges[1:]] == [r1 for _, r1 in ranges[:-1]]
+    assert ranges[0][0] == 0 and ranges[-1][1] == 1001
 
 
 def test_disabled_by_environment(kernels, monkeypatch):

@@ -777,3 +777,23 @@ def test_posterior_has_no_subnormal_numbers(xp, dtype):
         assert not ((tau != 0) & (numpy.abs(tau) < tiny)).any()
     tau = _host(gmm.posterior(x, mixture))
     numpy.testing.assert_allclose(tau, exact, rtol=1e-5, atol=tiny)
+
+
+@pytest.mark.parametrize('dtype', [numpy.float32, numpy.float64])
+def test_log_weights_of_absent_and_invalid_components(dtype):
+    """``log(0) = -inf`` for an absent component, without a warning; a NaN
+    weight stays NaN (the E-step then reports a non-finite mixture)."""
+    weights = numpy.array([0.5, 0.0, 0.5, numpy.nan], dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        out = mixture_steps.log_weights(numpy, weights)
+    assert out.dtype == dtype
+    with numpy.errstate(divide='ignore'):
+        expected = numpy.log(weights[:3])
+    numpy.testing.assert_array_equal(out[:3], expected)
+    assert expected[1] == -numpy.inf
+    assert numpy.isnan(out[3])
+    with pytest.raises(gmm.NonFiniteError):
+        gmm.posterior(numpy.ones((3, 2), dtype), gmm.Mixture(
+            numpy.array([0.5, numpy.nan]), numpy.zeros((2, 2)),
+            numpy.ones((2, 2))))
