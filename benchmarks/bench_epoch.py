@@ -24,6 +24,9 @@ Usage::
     python benchmarks/bench_epoch.py --data cifar10.npz
     # 20 steps (5,120 training images)
     python benchmarks/bench_epoch.py --data cifar10.npz --train-subset 5120
+    # the small CNN of quick CPU studies (batch 128, 64 steps)
+    python benchmarks/bench_epoch.py --data cifar10.npz --train-subset 8192 \\
+        --widths 32,64,128,128 -b 128
     python benchmarks/bench_epoch.py --data cifar10.npz --device 0
 """
 import argparse
@@ -45,20 +48,21 @@ import mn_chainer.train
 import models
 
 
-def _settings(preset, n_class, seed):
+def _settings(preset, n_class, seed, widths):
     """The run settings of :func:`models.get_model_from_settings`."""
-    return {'model': preset.model, 'n_class': n_class,
+    return {'model': preset.model, 'n_class': n_class, 'widths': widths,
             'mn_layers': list(preset.mn_layers),
             'n_components': preset.n_components, 'em_iter': preset.em_iter,
             'seed': seed}
 
 
-def build(preset, n_class, seed, device):
+def build(preset, n_class, seed, device, widths=None):
     """Classifier and optimizer of ``preset`` (weights drawn from ``seed``,
-    so the variants start equal)."""
+    so the variants start equal; ``widths``: the CIFAR CNN's, None for the
+    default)."""
     numpy.random.seed(seed)
     model = L.Classifier(models.get_model_from_settings(
-        _settings(preset, n_class, seed)))
+        _settings(preset, n_class, seed, widths)))
     model.to_device(device)
     optimizer = mn_chainer.train.make_optimizer(preset.optimizer, preset.lr)
     optimizer.setup(model)
@@ -172,6 +176,18 @@ def time_layers(bn_model, mn_model, x, t, reps, sync):
     return results
 
 
+def _widths(text):
+    try:
+        widths = [int(w) for w in text.split(',')]
+    except ValueError:
+        widths = []
+    if len(widths) != 4 or min(widths) < 1:
+        raise argparse.ArgumentTypeError(
+            'expected 4 positive integers separated by commas, got '
+            '{!r}'.format(text))
+    return widths
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--data', default=None,
@@ -187,6 +203,9 @@ def main(argv=None):
                         '(an epoch of fewer steps)')
     parser.add_argument('--batchsize', '-b', type=int, default=None,
                         help="Mini-batch size (default: the presets')")
+    parser.add_argument('--widths', type=_widths, default=None,
+                        help='CIFAR CNN channel widths, e.g. 32,64,128,128 '
+                        '(default: the model\'s, 64,128,256,256)')
     parser.add_argument('--warmup', type=int, default=2,
                         help='Untimed steps of each model first')
     parser.add_argument('--layer-reps', type=int, default=10,
@@ -216,11 +235,10 @@ def main(argv=None):
     mn_chainer.datasets.seed_augmentation(args.seed)
     train, _, info = mn_chainer.datasets.get_cifar(
         args.dataset, args.data, args.train_subset, seed=args.seed)
-    variants = {'BN': build(presets[0], info['n_class'], args.seed, device),
-                'MN': build(presets[1], info['n_class'], args.seed, device)}
-    if args.control:
-        variants['BN*'] = build(presets[0], info['n_class'], args.seed,
-                                device)
+    variants = {name: build(preset, info['n_class'], args.seed, device,
+                            args.widths)
+                for name, preset in (('BN', presets[0]), ('MN', presets[1]))
+                + ((('BN*', presets[0]),) if args.control else ())}
     order = numpy.random.RandomState(args.seed).permutation(len(train))
     batches = [order[s:s + batchsize]
                for s in range(0, len(train), batchsize)]
@@ -228,9 +246,11 @@ def main(argv=None):
     print('Device: {}, chainer {}, numpy {}'.format(
         device, chainer.__version__, numpy.__version__))
     mn = presets[1]
-    print('{} vs {} ({}, {}): MN at {} with K = {}, EM iter {}, '
+    print('{} vs {} ({}, widths {}, {}): MN at {} with K = {}, EM iter {}, '
           'per-component ReLU (Eq. 40)'.format(
-              presets[0].id, mn.id, mn.model, args.dataset,
+              presets[0].id, mn.id, mn.model,
+              'default' if args.widths is None
+              else ','.join(map(str, args.widths)), args.dataset,
               ', '.join(mn.mn_layers), mn.n_components, mn.em_iter))
     print('{} training images, batch {}: {} steps per model, {} warm-up; '
           'steps alternated'.format(info['n_train'], batchsize,
@@ -295,11 +315,11 @@ def main(argv=None):
                   results['implied_epoch_ratio']) if layers else ''))
     if args.out:
         with open(args.out, 'w') as f:
-            json.dump({'device': str(device), 'presets': [p.id for p in
-                                                          presets],
-                       'batchsize': batchsize, 'n_train': info['n_train'],
-                       'steps': len(batches), 'results': results,
-                       'layers': layers}, f, indent=1)
+            json.dump({'device': str(device),
+                       'presets': [p.id for p in presets],
+                       'widths': args.widths, 'batchsize': batchsize,
+                       'n_train': info['n_train'], 'steps': len(batches),
+                       'results': results, 'layers': layers}, f, indent=1)
 
 
 if __name__ == '__main__':
