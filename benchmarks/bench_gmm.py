@@ -42,10 +42,11 @@ The points are rectified activations: a mixture of four Gaussians in ``d``
 dimensions through a ReLU, plus a little Gaussian noise (seeded).
 
 Threads: ``--threads N`` limits BLAS and OpenMP (NumPy's and scikit-learn's)
-to N threads through threadpoolctl for the whole run; by default the
-libraries' own defaults apply (the ``OMP_NUM_THREADS`` /
-``OPENBLAS_NUM_THREADS`` environment, else one thread per core).  The
-header prints what was in effect.
+to N threads through threadpoolctl for the whole run, and our C kernels
+alike (``MN_CHAINER_CPU_THREADS``); by default the libraries' own defaults
+apply (the ``OMP_NUM_THREADS`` / ``OPENBLAS_NUM_THREADS`` environment,
+else one thread per core; ours: one per core).  The header prints what was
+in effect.
 
     python benchmarks/bench_gmm.py --markdown --dtype both
     python benchmarks/bench_gmm.py --device cupy    # GPU: CUDA-event timing
@@ -328,8 +329,8 @@ def main(argv=None):
     parser.add_argument('--reg-covar', type=float, default=1e-6)
     parser.add_argument('--seed', type=int, default=0, help='data seed')
     parser.add_argument('--threads', type=int, default=None,
-                        help='BLAS/OpenMP threads (default: library '
-                             'defaults)')
+                        help='BLAS/OpenMP threads and those of our C '
+                             'kernels (default: library defaults)')
     parser.add_argument('--sklearn-lloyd', choices=('assign', 'kmeans'),
                         default='assign',
                         help="scikit-learn's Lloyd step: 'assign' = same "
@@ -359,6 +360,7 @@ def main(argv=None):
         if threadpoolctl is None:
             parser.error('--threads needs threadpoolctl')
         limits = threadpoolctl.threadpool_limits(limits=args.threads)
+        os.environ['MN_CHAINER_CPU_THREADS'] = str(args.threads)
     if args.skip_sklearn:
         reference = 'no scikit-learn'
     else:

@@ -232,7 +232,6 @@ void NAME(mn_cluster_sums)(const REAL *points, const REAL *shift,
  * carved from the caller's buffer of NAME(mn_scratch_size)(d, K) values,
  * every array starting on a vector boundary; dp = PADDED(d):
  *   x (MN_TILE, dp): the tile's centred rows (zero rows past the last);
- *   xx (MN_TILE, dp): their squares (MN_FUSED_FORMS only);
  *   a, b (K, dp): the E-step's coefficients (zero past d), see
  *     NAME(mn_log_prob_tile);
  *   lp (MN_TILE, K): the tile's log-densities, then responsibilities;
@@ -240,14 +239,14 @@ void NAME(mn_cluster_sums)(const REAL *points, const REAL *shift,
  */
 typedef struct {
     int64_t dp;
-    REAL *x, *xx, *a, *b, *lp, *part, *part_nk;
+    REAL *x, *a, *b, *lp, *part, *part_nk;
 } NAME(mn_tile_scratch);
 
 int64_t NAME(mn_scratch_size)(int64_t d, int64_t k_total)
 {
     const int64_t dp = PADDED(d);
     /* The arrays, each rounded up to whole vectors, and the alignment. */
-    return 2 * MN_TILE * dp + 2 * k_total * dp
+    return MN_TILE * dp + 2 * k_total * dp
            + PADDED(MN_TILE * k_total) + 2 * k_total * dp
            + PADDED(k_total) + LANES;
 }
@@ -266,8 +265,7 @@ NAME(mn_carve_scratch)(REAL *scratch, const REAL *a, const REAL *b,
     REAL *p = (REAL *)(((uintptr_t)scratch + align - 1) & ~(align - 1));
     s.dp = dp;
     s.x = p;
-    s.xx = s.x + MN_TILE * dp;
-    s.a = s.xx + MN_TILE * dp;
+    s.a = s.x + MN_TILE * dp;
     s.b = s.a + k_total * dp;
     s.lp = s.b + k_total * dp;
     s.part = s.lp + PADDED(MN_TILE * k_total);
@@ -279,7 +277,7 @@ NAME(mn_carve_scratch)(REAL *scratch, const REAL *a, const REAL *b,
         }
     }
     for (int64_t e = 0; e < MN_TILE * dp; ++e)
-        s.x[e] = s.xx[e] = 0;
+        s.x[e] = 0;
     for (int64_t e = 0; e < 2 * k_total * dp + k_total; ++e)
         s.part[e] = 0;  /* part and part_nk */
     return s;
@@ -287,8 +285,7 @@ NAME(mn_carve_scratch)(REAL *scratch, const REAL *a, const REAL *b,
 
 /*
  * The tile of centred rows starting at row i, x_t = points[i + t] - shift,
- * into s->x (and their squares into s->xx with MN_FUSED_FORMS); rows past
- * r1 are zero.  Returns the number of real rows.
+ * into s->x; rows past r1 are zero.  Returns the number of real rows.
  */
 static inline __attribute__((always_inline)) int64_t NAME(mn_tile_rows)(
     const REAL *points, const REAL *shift, const NAME(mn_tile_scratch) *s,
@@ -297,19 +294,14 @@ static inline __attribute__((always_inline)) int64_t NAME(mn_tile_rows)(
     const int64_t n = r1 - i < MN_TILE ? r1 - i : MN_TILE;
     for (int64_t t = 0; t < MN_TILE; ++t) {
         REAL *o = s->x + t * s->dp;
-        REAL *oo = s->xx + t * s->dp;
         if (t < n) {
             const REAL *p = points + (i + t) * d;
 #pragma omp simd
-            for (int64_t j = 0; j < d; ++j) {
+            for (int64_t j = 0; j < d; ++j)
                 o[j] = p[j] - shift[j];
-#if MN_FUSED_FORMS
-                oo[j] = o[j] * o[j];
-#endif
-            }
         } else {  /* the last tile of the range: zero rows */
             for (int64_t j = 0; j < d; ++j)
-                o[j] = oo[j] = 0;
+                o[j] = 0;
         }
     }
     return n;
@@ -395,9 +387,6 @@ static inline __attribute__((always_inline)) void NAME(mn_m_step_tile)(
 {
     const int64_t dp = s->dp;
     const REAL *x0 = s->x, *x1 = x0 + dp, *x2 = x1 + dp, *x3 = x2 + dp;
-#if MN_FUSED_FORMS
-    const REAL *q0 = s->xx, *q1 = q0 + dp, *q2 = q1 + dp, *q3 = q2 + dp;
-#endif
     const REAL *w = s->lp;
     for (int64_t k = 0; k < k_total; ++k) {
         const REAL w0 = w[k], w1 = w[k_total + k];
@@ -405,25 +394,22 @@ static inline __attribute__((always_inline)) void NAME(mn_m_step_tile)(
         REAL *s1 = s->part + k * 2 * dp;
         REAL *s2 = s1 + dp;
         s->part_nk[k] += (w0 + w1) + (w2 + w3);
-#if MN_FUSED_FORMS
-#pragma omp simd aligned(x0, x1, x2, x3, q0, q1, q2, q3, s1, s2: \
-                         MN_VECTOR_BYTES)
-        for (int64_t j = 0; j < dp; ++j) {
-            s1[j] += (w0 * x0[j] + w1 * x1[j]) + (w2 * x2[j] + w3 * x3[j]);
-            s2[j] += (w0 * q0[j] + w1 * q1[j]) + (w2 * q2[j] + w3 * q3[j]);
-        }
-#else
+#if !MN_FUSED_FORMS
         const REAL *m = s->a + k * dp;
-#pragma omp simd aligned(x0, x1, x2, x3, m, s1, s2: MN_VECTOR_BYTES)
+#endif
+#pragma omp simd aligned(x0, x1, x2, x3, s1, s2: MN_VECTOR_BYTES)
         for (int64_t j = 0; j < dp; ++j) {
+#if MN_FUSED_FORMS
+            const REAL v0 = x0[j], v1 = x1[j], v2 = x2[j], v3 = x3[j];
+#else
             const REAL v0 = x0[j] - m[j], v1 = x1[j] - m[j];
             const REAL v2 = x2[j] - m[j], v3 = x3[j] - m[j];
+#endif
             const REAL u0 = w0 * v0, u1 = w1 * v1;
             const REAL u2 = w2 * v2, u3 = w3 * v3;
-            s1[j] += (u0 + u1) + (u2 + u3);
-            s2[j] += (u0 * v0 + u1 * v1) + (u2 * v2 + u3 * v3);
+            s1[j] = s1[j] + u0 + u1 + u2 + u3;
+            s2[j] = s2[j] + u0 * v0 + u1 * v1 + u2 * v2 + u3 * v3;
         }
-#endif
     }
 }
 
