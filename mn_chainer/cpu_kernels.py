@@ -12,6 +12,7 @@ tests compare against:
 kernel (this module)            NumPy twin
 ==============================  ===========================================
 :func:`column_sums`             ``ArrayPasses.column_stats``
+:class:`Seeding`                ``mixture_steps.Seeding``
 :func:`candidate_d2`            ``mixture_steps.candidate_d2``
 :func:`cluster_sums`            ``ArrayPasses.cluster_m_step``
 :func:`em_sums`                 ``ArrayPasses.em_step``
@@ -21,18 +22,20 @@ kernel (this module)            NumPy twin
 The kernels read the points as given and centre every row on the fly
 (``x = points - shift``, in the cache), so the fit never writes a centred
 copy of the point matrix.  Their accuracy is that of the NumPy passes in
-float64 (``_cpu_kernels_impl.h``): sums over the rows in double, the
-E-step by direct differences ``prec (x - mu)^2``, the M-step's sums about
-the E-step's means.
+float64 (``_cpu_kernels_impl.h``): sums over the rows in double; in
+float32 the E-step by direct differences ``prec (x - mu)^2`` and the
+M-step's sums about the E-step's means, in float64 the forms of fewer
+operations whose rounding stays far below what a float64 fit resolves.
 
 The library is the optional C extension ``mn_chainer._cpu_kernels``, built
 by ``pip install`` where a C compiler is present and loaded here with
 :mod:`ctypes` (which releases the GIL during each call).  Every function
 checks its arguments (dtype, shape, contiguity, label range) before calling
-C.  Rows are split into one contiguous range per thread; sums are
-accumulated per thread and added at the end.  :func:`available` is False
-where the extension is not built or ``MN_CHAINER_CPU_KERNELS=0`` is set;
-the fit then runs its NumPy path (:func:`mn_chainer.fit_passes.
+C.  Rows are split into one contiguous range per thread (as many as the
+pass's work calls for: :data:`MIN_WORK_PER_THREAD`, :func:`n_threads`);
+sums are accumulated per thread and added at the end.  :func:`available`
+is False where the extension is not built or ``MN_CHAINER_CPU_KERNELS=0``
+is set; the fit then runs its NumPy path (:func:`mn_chainer.fit_passes.
 select_passes`).
 """
 import concurrent.futures

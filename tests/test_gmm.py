@@ -377,6 +377,42 @@ def test_seeding_labels_are_the_nearest_seed():
     numpy.testing.assert_array_equal(labels[indices], numpy.arange(5))
 
 
+class _OtherArrayModule(object):
+
+    """NumPy under another name: the array steps take the branches they
+    take for CuPy (nothing copied to the host)."""
+
+    def __getattr__(self, name):
+        return getattr(numpy, name)
+
+
+def test_seeding_device_branch_equals_host_branch():
+    """:class:`mixture_steps.Seeding` keeps the best candidate as an array
+    off the host (as on a GPU) and chooses the seeds and labels it chooses
+    with a Python index on the host; the draws are the inverse CDF of the
+    float64 cumulative distances."""
+    rs = numpy.random.RandomState(25)
+    points = rs.randn(300, 5) * rs.uniform(0.5, 2, size=5)
+    draws = rs.random_sample((4, 3))
+    results = []
+    for xp in (numpy, _OtherArrayModule()):
+        state = mixture_steps.Seeding(
+            xp, points, 5,
+            fit_passes.ArrayPasses.candidate_distances(numpy, points),
+            numpy.array([7]))
+        cumulative = numpy.cumsum(((points - points[7]) ** 2).sum(axis=1))
+        expected = numpy.searchsorted(cumulative, draws[0] * cumulative[-1])
+        state.add_centre(draws[0])
+        assert state.indices[1] in expected
+        for u in draws[1:]:
+            state.add_centre(u)
+        results.append(state.result())
+    for host, device in zip(*results):
+        numpy.testing.assert_array_equal(host, device)
+    d2 = ((points[:, None] - results[0][0][None]) ** 2).sum(axis=2)
+    numpy.testing.assert_array_equal(results[0][2], d2.argmin(axis=1))
+
+
 @pytest.mark.parametrize('dtype', [numpy.float32, numpy.float64])
 @pytest.mark.parametrize('sample_ratio', [1.0, 0.6])
 def test_row_blocks_give_the_same_fit(monkeypatch, dtype, sample_ratio):
