@@ -27,9 +27,10 @@ BLOCK_BYTES = 1 << 18
 
 #: Threads among which the NumPy loops share the blocks (contiguous shares,
 #: one per thread; NumPy releases the GIL inside its operations).  None:
-#: the CPUs this process may run on (:func:`mn_chainer.cpu_kernels.
-#: n_threads`, as for the fit's C kernels).  The results do not depend on
-#: it: the sums of the blocks are added in block order.
+#: as many as the fit's C kernels use (:func:`mn_chainer.cpu_kernels.
+#: n_threads`: ``MN_CHAINER_CPU_THREADS``, else the CPUs available).  The
+#: results do not depend on it: the sums of the blocks are added in block
+#: order.
 THREADS = None
 
 #: Elements of activations below which a pass is not split further among
