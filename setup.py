@@ -36,6 +36,7 @@ setuptools.setup(
         'scipy',
         'matplotlib',
         'tqdm',
+        'threadpoolctl',
     ],
     extras_require={
         # Runs the kernels on an NVIDIA GPU (CUDA 12).
