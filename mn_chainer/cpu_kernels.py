@@ -165,7 +165,8 @@ class _PerThread(object):
     """Zeroed buffers of ``shape``, one per thread, at least one cache line
     (64 bytes) apart: threads adding into neighbouring bytes of one line
     would take the line from each other at every row.  ``addr(p)`` is the
-    address of thread ``p``'s buffer, :meth:`sum` their sum."""
+    address of thread ``p``'s buffer (``stride`` bytes after thread
+    ``p - 1``'s), :meth:`sum` their sum."""
 
     def __init__(self, parts, shape, dtype):
         itemsize = numpy.dtype(dtype).itemsize
@@ -174,10 +175,10 @@ class _PerThread(object):
         self._pad = 128 // itemsize
         self.block = numpy.zeros((parts, self._size + self._pad), dtype)
         self._base = _addr(self.block) + self._pad // 2 * itemsize
-        self._stride = self.block.strides[0]
+        self.stride = self.block.strides[0]
 
     def addr(self, p):
-        return self._base + p * self._stride
+        return self._base + p * self.stride
 
     def sum(self):
         start = self._pad // 2
@@ -363,12 +364,10 @@ class Seeding(object):
         self._index = numpy.empty(t, dtype=numpy.int64)
         self._cand = numpy.empty((t, d), dtype=self.points.dtype)
         self._out = numpy.empty((t, m), dtype=self.points.dtype)
-        # One row of potentials per thread, whole cache lines apart.
-        self._stride = -(-t // 8) * 8 + 8
-        self._potentials = numpy.zeros((len(self._ranges), self._stride))
+        self._potentials = _PerThread(len(self._ranges), (t,), numpy.float64)
         self._addrs = {name: _addr(getattr(self, name)) for name in (
             'points', 'closest', 'labels', '_cum', '_u', '_index', '_cand',
-            '_out', '_potentials')}
+            '_out')}
 
     def draw(self, uniforms):
         """The candidates of a round: the indices ``(T,)`` of the points
@@ -393,14 +392,14 @@ class Seeding(object):
         t = self._t
         dtype = self.points.dtype
         a = self._addrs
-        row = self._stride * 8  # bytes of one thread's potentials
+        potentials = self._potentials
         fn = _function('mn_candidate_d2', dtype)
         _run(lambda p, r0, r1: fn(
             a['points'], a['_cand'], a['closest'], a['_out'],
-            a['_potentials'] + p * row, m, d, t, r0, r1), self._ranges)
-        best = self._keep(a['_out'], a['_potentials'], len(self._ranges),
-                          self._stride, t, a['closest'], a['labels'],
-                          a['_cum'], m, self.count)
+            potentials.addr(p), m, d, t, r0, r1), self._ranges)
+        best = self._keep(a['_out'], potentials.addr(0), len(self._ranges),
+                          potentials.stride // 8, t, a['closest'],
+                          a['labels'], a['_cum'], m, self.count)
         self.indices[self.count] = self._index[best]
         self.count += 1
 
