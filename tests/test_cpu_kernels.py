@@ -461,9 +461,9 @@ def test_used_only_where_they_apply(kernels):
     dict(sample_ratio=0.5, min_weight=0.05),
     dict(kmeans_iters=0, em_iters=0),
 ])
-def test_fit_equals_array_path(kernels, monkeypatch, dtype, kwargs):
+def test_fit_equals_array_path(kernels, ranges, monkeypatch, dtype, kwargs):
     """fit_gmm gives the same mixture and posterior through the C passes
-    and through the array passes."""
+    (on one thread and split over three) and through the array passes."""
     rs = numpy.random.RandomState(3)
     points = numpy.concatenate([
         rs.randn(400, 9) * 0.5 + 4, rs.randn(300, 9) + 8,
