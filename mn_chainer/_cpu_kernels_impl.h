@@ -47,29 +47,61 @@
  * sums[j] += sum of points[i, j] over the rows (the column sums, in
  * double), amax[j] the running maximum of |points[i, j]|, and, if first is
  * not NULL, d2[i] = |points[i] - first|^2 (K-means++'s distances to its
- * first centre, in the same pass).
+ * first centre, in the same pass).  Four rows at a time (n = 4; the last
+ * ones one by one, n = 1): the running sums and maxima are loaded and
+ * stored once per four rows, and the four distances are independent
+ * running sums.
  */
 MN_CLONES
 void NAME(mn_column_sums)(const REAL *points, const REAL *first,
                           double *sums, REAL *amax, REAL *d2, int64_t d,
                           int64_t r0, int64_t r1)
 {
-    for (int64_t i = r0; i < r1; ++i) {
-        const REAL *p = points + i * d;
+    int64_t n;
+    for (int64_t i = r0; i < r1; i += n) {
+        n = r1 - i >= 4 ? 4 : 1;
+        const REAL *p0 = points + i * d;
+        /* With n = 1 the four rows are the same row, counted once. */
+        const REAL *p1 = n == 4 ? p0 + d : p0, *p2 = n == 4 ? p1 + d : p0;
+        const REAL *p3 = n == 4 ? p2 + d : p0;
+        if (n == 4) {
 #pragma omp simd
-        for (int64_t j = 0; j < d; ++j) {
-            const REAL v = p[j] < 0 ? -p[j] : p[j];
-            sums[j] += p[j];
-            amax[j] = v > amax[j] ? v : amax[j];
-        }
-        if (first != NULL) {
-            REAL acc = 0;
-#pragma omp simd reduction(+:acc)
             for (int64_t j = 0; j < d; ++j) {
-                const REAL v = p[j] - first[j];
-                acc += v * v;
+                const REAL v0 = p0[j] < 0 ? -p0[j] : p0[j];
+                const REAL v1 = p1[j] < 0 ? -p1[j] : p1[j];
+                const REAL v2 = p2[j] < 0 ? -p2[j] : p2[j];
+                const REAL v3 = p3[j] < 0 ? -p3[j] : p3[j];
+                const REAL v01 = v0 > v1 ? v0 : v1, v23 = v2 > v3 ? v2 : v3;
+                const REAL v = v01 > v23 ? v01 : v23;
+                sums[j] += ((double)p0[j] + (double)p1[j])
+                           + ((double)p2[j] + (double)p3[j]);
+                amax[j] = v > amax[j] ? v : amax[j];
             }
-            d2[i] = acc;
+        } else {
+#pragma omp simd
+            for (int64_t j = 0; j < d; ++j) {
+                const REAL v = p0[j] < 0 ? -p0[j] : p0[j];
+                sums[j] += p0[j];
+                amax[j] = v > amax[j] ? v : amax[j];
+            }
+        }
+        if (first == NULL)
+            continue;
+        REAL a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+#pragma omp simd reduction(+:a0, a1, a2, a3)
+        for (int64_t j = 0; j < d; ++j) {
+            const REAL v0 = p0[j] - first[j], v1 = p1[j] - first[j];
+            const REAL v2 = p2[j] - first[j], v3 = p3[j] - first[j];
+            a0 += v0 * v0;
+            a1 += v1 * v1;
+            a2 += v2 * v2;
+            a3 += v3 * v3;
+        }
+        d2[i] = a0;
+        if (n == 4) {
+            d2[i + 1] = a1;
+            d2[i + 2] = a2;
+            d2[i + 3] = a3;
         }
     }
 }
