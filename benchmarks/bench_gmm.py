@@ -30,13 +30,16 @@ scikit-learn runs in float64 and in every dtype of ``--dtype``.
 
 Each row reports the median time over ``--repeats`` fits after one warm-up
 (seed ``r`` on both sides; the contenders take turns seed by seed, so load
-changes on a shared machine hit them alike), the speed-up (scikit-learn
-time / our time), and the mean log-likelihood per point of both fits,
-evaluated in float64 on the same points and averaged over the fits of
-seeds ``0 .. max(--repeats, --ll-seeds) - 1`` (ours: ``gmm.log_likelihood``,
-scikit-learn: ``GaussianMixture.score``).  One fit's log-likelihood depends
-mostly on its K-means++ seeds (both sides draw them alike but from
-different random streams), hence the average and its standard error.
+changes on a shared machine hit them alike; every timed fit starts after
+``--settle`` seconds at rest, for OpenBLAS's worker threads spin about
+0.1 s after each call and would share a core with the next fit), the
+speed-up (scikit-learn time / our time), and the mean log-likelihood per
+point of both fits, evaluated in float64 on the same points and averaged
+over the fits of seeds ``0 .. max(--repeats, --ll-seeds) - 1`` (ours:
+``gmm.log_likelihood``, scikit-learn: ``GaussianMixture.score``).  One
+fit's log-likelihood depends mostly on its K-means++ seeds (both sides draw
+them alike but from different random streams), hence the average and its
+standard error.
 
 The points are rectified activations: a mixture of four Gaussians in ``d``
 dimensions through a ReLU, plus a little Gaussian noise (seeded).
@@ -194,14 +197,17 @@ class _Side(object):
         self.lls = []
 
 
-def _run(sides, repeats, n_seeds):
+def _run(sides, repeats, n_seeds, settle=0.0):
     """Time and score every side, interleaved seed by seed.
 
     Each side first fits seed 0 untimed (warm-up).  Then, for every seed,
     each side in turn fits ``fit(prepare(seed))`` (``prepare`` is untimed,
     e.g. making a random state); seeds ``0 .. repeats-1`` are timed, seeds
     ``0 .. max(repeats, n_seeds) - 1`` are scored.  Interleaving exposes all
-    sides alike to load changes on a shared machine.
+    sides alike to load changes on a shared machine.  Every timed fit waits
+    ``settle`` seconds first (untimed): OpenBLAS's worker threads keep
+    spinning for about 0.1 s after a BLAS call, so that a fit timed right
+    after another side's would share a core with them.
     """
     for side in sides:
         side.fit(side.prepare(0))
@@ -211,6 +217,7 @@ def _run(sides, repeats, n_seeds):
                 continue
             arg = side.prepare(seed)
             if seed < repeats:
+                time.sleep(settle)
                 ms, result = side.timer(lambda: side.fit(arg))
                 side.times.append(ms)
             else:
@@ -331,6 +338,10 @@ def main(argv=None):
     parser.add_argument('--threads', type=int, default=None,
                         help='BLAS/OpenMP threads and those of our C '
                              'kernels (default: library defaults)')
+    parser.add_argument('--settle', type=float, default=0.2,
+                        help='seconds to wait (untimed) before every timed '
+                             'fit, so that BLAS threads spinning after the '
+                             'previous fit (OpenBLAS: ~0.1 s) have stopped')
     parser.add_argument('--sklearn-lloyd', choices=('assign', 'kmeans'),
                         default='assign',
                         help="scikit-learn's Lloyd step: 'assign' = same "
@@ -343,6 +354,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error('--repeats must be >= 1')
+    if not args.settle >= 0:
+        parser.error('--settle must be >= 0')
     if args.skip_sklearn and args.device != 'cupy':
         parser.error('--skip-sklearn is for --device cupy')
 
@@ -381,9 +394,10 @@ def main(argv=None):
     for t in sk_dtypes:
         print('scikit-learn given {} points ran in {}'.format(
             t, _sklearn_precision(t, args.reg_covar)))
-    print('time: median of {} fits after a warm-up; kmeans_iters={} '
-          'em_iters=1 sample_ratio=1 min_weight=0 reg_covar={:g}'.format(
-              args.repeats, kmeans_iters, args.reg_covar))
+    print('time: median of {} fits after a warm-up, each after {:g} s at '
+          'rest; kmeans_iters={} em_iters=1 sample_ratio=1 min_weight=0 '
+          'reg_covar={:g}'.format(args.repeats, args.settle, kmeans_iters,
+                                  args.reg_covar))
     print('LL: mean log-likelihood per point (float64, same points), '
           'averaged over the fits of seeds 0..{}{}\n'.format(
               max(args.repeats, args.ll_seeds) - 1,
@@ -443,7 +457,8 @@ def main(argv=None):
                             lloyd=args.sklearn_lloyd),
                         _CPUTimer(), sklearn_ll)
                 results = dict(zip(sides, _run(list(sides.values()),
-                                               args.repeats, args.ll_seeds)))
+                                               args.repeats, args.ll_seeds,
+                                               args.settle)))
                 ms = {key: r[0] for key, r in results.items()}
                 row = [m, d, k]
                 row += ['{:.2f}'.format(ms['ours', t]) for t in dtypes]
