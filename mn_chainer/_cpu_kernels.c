@@ -28,6 +28,19 @@
 #endif
 
 /*
+ * The rows of a pass come in chunks, which the threads that call a kernel
+ * take in turn until none is left (a thread that starts late, or shares
+ * its core, takes fewer): chunk c is the rows [bounds[c], bounds[c + 1]) of
+ * n_chunks, *next the next chunk to take (zero before the pass).  Each
+ * chunk's sums go to buffers of its own, which the caller adds in chunk
+ * order: the results depend on the chunks (mn_chainer/cpu_kernels.py cuts
+ * them by the pass's work), never on the threads or their timing.
+ */
+#define MN_EACH_CHUNK(c) \
+    for (int64_t c; (c = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED)) \
+                    < n_chunks;)
+
+/*
  * Rows per tile of the E-step and M-step kernels.  The tile functions of
  * _cpu_kernels_impl.h name its rows one by one (x0..x3), and the scratch
  * size that mn_chainer/cpu_kernels.py allocates comes from

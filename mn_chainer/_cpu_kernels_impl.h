@@ -52,10 +52,9 @@
  * stored once per four rows, and the four distances are independent
  * running sums.
  */
-MN_CLONES
-void NAME(mn_column_sums)(const REAL *points, const REAL *first,
-                          double *sums, REAL *amax, REAL *d2, int64_t d,
-                          int64_t r0, int64_t r1)
+static inline __attribute__((always_inline)) void NAME(mn_column_rows)(
+    const REAL *points, const REAL *first, double *sums, REAL *amax,
+    REAL *d2, int64_t d, int64_t r0, int64_t r1)
 {
     int64_t n;
     for (int64_t i = r0; i < r1; i += n) {
@@ -106,6 +105,21 @@ void NAME(mn_column_sums)(const REAL *points, const REAL *first,
     }
 }
 
+/* The column pass by chunks: NAME(mn_column_rows) of every chunk into its
+ * sums and maxima (sums + c * sums_stride, amax + c * amax_stride). */
+MN_CLONES
+void NAME(mn_column_sums)(const REAL *points, const REAL *first,
+                          double *sums, int64_t sums_stride, REAL *amax,
+                          int64_t amax_stride, REAL *d2, int64_t d,
+                          const int64_t *bounds, int64_t n_chunks,
+                          int64_t *next)
+{
+    MN_EACH_CHUNK(c)
+        NAME(mn_column_rows)(points, first, sums + c * sums_stride,
+                             amax + c * amax_stride, d2, d, bounds[c],
+                             bounds[c + 1]);
+}
+
 /*
  * K-means++ (the seeding state of mn_chainer/cpu_kernels.py, Seeding; its
  * NumPy twin is mn_chainer/mixture_steps.py, Seeding) keeps, for every
@@ -146,11 +160,10 @@ void NAME(mn_seed_draw)(const REAL *points, const double *cum,
  * (their part of the potential if candidate q is added).  Four rows at a
  * time, with four independent running sums.
  */
-MN_CLONES
-void NAME(mn_candidate_d2)(const REAL *x, const REAL *cand,
-                           const REAL *closest, REAL *out,
-                           double *potential, int64_t m, int64_t d,
-                           int64_t t, int64_t r0, int64_t r1)
+static inline __attribute__((always_inline)) void NAME(mn_candidate_rows)(
+    const REAL *x, const REAL *cand, const REAL *closest, REAL *out,
+    double *potential, int64_t m, int64_t d, int64_t t, int64_t r0,
+    int64_t r1)
 {
     for (int64_t q = 0; q < t; ++q)
         potential[q] = 0;
@@ -192,6 +205,20 @@ void NAME(mn_candidate_d2)(const REAL *x, const REAL *cand,
             potential[q] += (double)out[q * m + i];
         }
     }
+}
+
+/* The distances of a round by chunks: NAME(mn_candidate_rows) of every
+ * chunk, its potentials at potential + c * stride. */
+MN_CLONES
+void NAME(mn_candidate_d2)(const REAL *x, const REAL *cand,
+                           const REAL *closest, REAL *out,
+                           double *potential, int64_t stride, int64_t m,
+                           int64_t d, int64_t t, const int64_t *bounds,
+                           int64_t n_chunks, int64_t *next)
+{
+    MN_EACH_CHUNK(c)
+        NAME(mn_candidate_rows)(x, cand, closest, out, potential + c * stride,
+                                m, d, t, bounds[c], bounds[c + 1]);
 }
 
 /*
@@ -239,10 +266,9 @@ int64_t NAME(mn_seed_keep)(const REAL *out, const double *potentials,
  * sums[k, d:] += sum x_i^2 over the cluster (x_i and its square exact for
  * float points).  labels must lie in [0, K) (checked by the caller).
  */
-MN_CLONES
-void NAME(mn_cluster_sums)(const REAL *points, const REAL *shift,
-                           const int64_t *labels, double *sums,
-                           double *counts, int64_t d, int64_t r0, int64_t r1)
+static inline __attribute__((always_inline)) void NAME(mn_cluster_rows)(
+    const REAL *points, const REAL *shift, const int64_t *labels,
+    double *sums, double *counts, int64_t d, int64_t r0, int64_t r1)
 {
     for (int64_t i = r0; i < r1; ++i) {
         const REAL *p = points + i * d;
@@ -257,6 +283,22 @@ void NAME(mn_cluster_sums)(const REAL *points, const REAL *shift,
             s2[j] += v * v;
         }
     }
+}
+
+/* The clusters' sums by chunks: NAME(mn_cluster_rows) of every chunk into
+ * sums + c * sums_stride and counts + c * counts_stride. */
+MN_CLONES
+void NAME(mn_cluster_sums)(const REAL *points, const REAL *shift,
+                           const int64_t *labels, double *sums,
+                           int64_t sums_stride, double *counts,
+                           int64_t counts_stride, int64_t d,
+                           const int64_t *bounds, int64_t n_chunks,
+                           int64_t *next)
+{
+    MN_EACH_CHUNK(c)
+        NAME(mn_cluster_rows)(points, shift, labels, sums + c * sums_stride,
+                              counts + c * counts_stride, d, bounds[c],
+                              bounds[c + 1]);
 }
 
 /*
@@ -474,15 +516,12 @@ static inline __attribute__((always_inline)) void NAME(mn_flush_sums)(
  * a, b (K, d) are the E-step's coefficients of NAME(mn_log_prob_tile),
  * cst (K) its constants; scratch holds NAME(mn_scratch_size)(d, K) values.
  */
-MN_CLONES
-void NAME(mn_em_sums)(const REAL *points, const REAL *shift, const REAL *a,
-                      const REAL *b, const REAL *cst, REAL floor_,
-                      double *sums, double *nk, REAL *scratch, int64_t d,
-                      int64_t k_total, int64_t r0, int64_t r1)
+static inline __attribute__((always_inline)) void NAME(mn_em_rows)(
+    const REAL *points, const REAL *shift, const NAME(mn_tile_scratch) *sp,
+    const REAL *cst, REAL floor_, REAL exp_floor, double *sums, double *nk,
+    int64_t d, int64_t k_total, int64_t r0, int64_t r1)
 {
-    const NAME(mn_tile_scratch) s = NAME(mn_carve_scratch)(scratch, a, b, d,
-                                                           k_total);
-    const REAL exp_floor = EXP(floor_);
+    const NAME(mn_tile_scratch) s = *sp;
     int64_t rows = 0;
     for (int64_t i = r0; i < r1; i += MN_TILE) {
         const int64_t n = NAME(mn_tile_rows)(points, shift, &s, d, i, r1);
@@ -509,6 +548,26 @@ void NAME(mn_em_sums)(const REAL *points, const REAL *shift, const REAL *a,
     }
 }
 
+/* One EM step's sums by chunks: NAME(mn_em_rows) of every chunk into
+ * sums + c * sums_stride and nk + c * nk_stride; scratch is this
+ * thread's. */
+MN_CLONES
+void NAME(mn_em_sums)(const REAL *points, const REAL *shift, const REAL *a,
+                      const REAL *b, const REAL *cst, REAL floor_,
+                      double *sums, int64_t sums_stride, double *nk,
+                      int64_t nk_stride, REAL *scratch, int64_t d,
+                      int64_t k_total, const int64_t *bounds,
+                      int64_t n_chunks, int64_t *next)
+{
+    const NAME(mn_tile_scratch) s = NAME(mn_carve_scratch)(scratch, a, b, d,
+                                                           k_total);
+    const REAL exp_floor = EXP(floor_);
+    MN_EACH_CHUNK(c)
+        NAME(mn_em_rows)(points, shift, &s, cst, floor_, exp_floor,
+                         sums + c * sums_stride, nk + c * nk_stride, d,
+                         k_total, bounds[c], bounds[c + 1]);
+}
+
 /*
  * E-step in log space: out[i, k] = log p(x_i, k) - log_norm_i (out has
  * shape (m, K)) with log_norm_i = logsumexp_k log p(x_i, k) under the
@@ -516,15 +575,12 @@ void NAME(mn_em_sums)(const REAL *points, const REAL *shift, const REAL *a,
  * in log_norm[i]; x_i = points[i] - shift, a, b and cst as in
  * NAME(mn_em_sums).  scratch holds NAME(mn_scratch_size)(d, K) values.
  */
-MN_CLONES
-void NAME(mn_log_resp)(const REAL *points, const REAL *shift, const REAL *a,
-                       const REAL *b, const REAL *cst, REAL floor_,
-                       REAL *out, REAL *log_norm, REAL *scratch, int64_t d,
-                       int64_t k_total, int64_t r0, int64_t r1)
+static inline __attribute__((always_inline)) void NAME(mn_log_resp_rows)(
+    const REAL *points, const REAL *shift, const NAME(mn_tile_scratch) *sp,
+    const REAL *cst, REAL floor_, REAL exp_floor, REAL *out,
+    REAL *log_norm, int64_t d, int64_t k_total, int64_t r0, int64_t r1)
 {
-    const NAME(mn_tile_scratch) s = NAME(mn_carve_scratch)(scratch, a, b, d,
-                                                           k_total);
-    const REAL exp_floor = EXP(floor_);
+    const NAME(mn_tile_scratch) s = *sp;
     for (int64_t i = r0; i < r1; i += MN_TILE) {
         const int64_t n = NAME(mn_tile_rows)(points, shift, &s, d, i, r1);
         NAME(mn_log_prob_tile)(&s, cst, k_total);
@@ -540,6 +596,24 @@ void NAME(mn_log_resp)(const REAL *points, const REAL *shift, const REAL *a,
             log_norm[i + t] = norm;
         }
     }
+}
+
+/* The E-step by chunks: NAME(mn_log_resp_rows) of every chunk; scratch is
+ * this thread's. */
+MN_CLONES
+void NAME(mn_log_resp)(const REAL *points, const REAL *shift, const REAL *a,
+                       const REAL *b, const REAL *cst, REAL floor_,
+                       REAL *out, REAL *log_norm, REAL *scratch, int64_t d,
+                       int64_t k_total, const int64_t *bounds,
+                       int64_t n_chunks, int64_t *next)
+{
+    const NAME(mn_tile_scratch) s = NAME(mn_carve_scratch)(scratch, a, b, d,
+                                                           k_total);
+    const REAL exp_floor = EXP(floor_);
+    MN_EACH_CHUNK(c)
+        NAME(mn_log_resp_rows)(points, shift, &s, cst, floor_, exp_floor,
+                               out, log_norm, d, k_total, bounds[c],
+                               bounds[c + 1]);
 }
 
 #undef LANES

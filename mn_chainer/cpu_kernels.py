@@ -31,12 +31,13 @@ The library is the optional C extension ``mn_chainer._cpu_kernels``, built
 by ``pip install`` where a C compiler is present and loaded here with
 :mod:`ctypes` (which releases the GIL during each call).  Every function
 checks its arguments (dtype, shape, contiguity, label range) before calling
-C.  Rows are split into one contiguous range per thread (as many as the
-pass's work calls for: :data:`MIN_WORK_PER_THREAD`, :func:`n_threads`);
-sums are accumulated per thread and added at the end.  :func:`available`
-is False where the extension is not built or ``MN_CHAINER_CPU_KERNELS=0``
-is set; the fit then runs its NumPy path (:func:`mn_chainer.fit_passes.
-select_passes`).
+C.  A pass cuts its rows into chunks by its work (:data:`CHUNK_WORK`),
+which up to :func:`n_threads` threads take in turn (a thread that starts
+late or shares its core takes fewer); every chunk accumulates its own sums,
+added in chunk order at the end, so that the results never depend on the
+threads.  :func:`available` is False where the extension is not built or
+``MN_CHAINER_CPU_KERNELS=0`` is set; the fit then runs its NumPy path
+(:func:`mn_chainer.fit_passes.select_passes`).
 """
 import concurrent.futures
 import ctypes
@@ -50,27 +51,31 @@ import numpy
 from mn_chainer import mixture_steps
 
 
-#: Work per thread below which a pass is not split further: elements of
-#: the point matrix times the operations per element (the components of an
-#: E-step, the candidates of a K-means++ round, 1 for the sums), about
-#: 0.05 to 0.15 ms on one core, where starting a thread costs 0.02 to
-#: 0.05 ms.
-MIN_WORK_PER_THREAD = 1 << 18
+#: The work of a chunk of rows: a pass is cut into chunks of about this
+#: many elements of the point matrix times operations per element (the
+#: components of an E-step, the candidates of a K-means++ round, 1 for the
+#: sums), 0.05 to 0.15 ms on one core (starting a thread costs 0.02 to
+#: 0.05 ms), whatever the threads; the threads take the chunks in turn.
+CHUNK_WORK = 1 << 18
+#: The most chunks of a pass (each has sums of its own, added at the end).
+MAX_CHUNKS = 8
 
 _SUFFIX = {numpy.dtype(numpy.float32): 'f32',
            numpy.dtype(numpy.float64): 'f64'}
 _I64 = ctypes.c_int64
 _PTR = ctypes.c_void_p
 _SIGNATURES = {  # None: the floating type of the kernel
-    'mn_column_sums': (_PTR, _PTR, _PTR, _PTR, _PTR, _I64, _I64, _I64),
+    'mn_column_sums': (_PTR, _PTR, _PTR, _I64, _PTR, _I64, _PTR, _I64,
+                       _PTR, _I64, _PTR),
     'mn_seed_draw': (_PTR, _PTR, _PTR, _PTR, _PTR, _I64, _I64, _I64),
     'mn_candidate_d2': (_PTR, _PTR, _PTR, _PTR, _PTR, _I64, _I64, _I64,
-                        _I64, _I64),
-    'mn_cluster_sums': (_PTR, _PTR, _PTR, _PTR, _PTR, _I64, _I64, _I64),
-    'mn_em_sums': (_PTR, _PTR, _PTR, _PTR, _PTR, None, _PTR, _PTR, _PTR,
-                   _I64, _I64, _I64, _I64),
+                        _I64, _PTR, _I64, _PTR),
+    'mn_cluster_sums': (_PTR, _PTR, _PTR, _PTR, _I64, _PTR, _I64, _I64,
+                        _PTR, _I64, _PTR),
+    'mn_em_sums': (_PTR, _PTR, _PTR, _PTR, _PTR, None, _PTR, _I64, _PTR,
+                   _I64, _PTR, _I64, _I64, _PTR, _I64, _PTR),
     'mn_log_resp': (_PTR, _PTR, _PTR, _PTR, _PTR, None, _PTR, _PTR, _PTR,
-                    _I64, _I64, _I64, _I64),
+                    _I64, _I64, _PTR, _I64, _PTR),
 }
 #: Exported functions returning an int64, with their argument types.
 _SIZE_SIGNATURES = {
@@ -141,32 +146,43 @@ def _pool(workers):
         return _pools[workers]
 
 
-def _ranges(m, d, work=1):
-    """Contiguous row ranges, one per thread, for ``work`` operations per
-    element (:data:`MIN_WORK_PER_THREAD`)."""
-    parts = max(1, min(n_threads(), m * d * work // MIN_WORK_PER_THREAD))
-    return [(m * p // parts, m * (p + 1) // parts) for p in range(parts)]
+def _chunks(m, d, work=1):
+    """The bounds ``(n + 1,)`` of the chunks of rows of a pass over ``m``
+    rows of ``d`` values with ``work`` operations per value
+    (:data:`CHUNK_WORK`, :data:`MAX_CHUNKS`)."""
+    n = max(1, min(MAX_CHUNKS, m, m * d * work // CHUNK_WORK))
+    return numpy.array([m * c // n for c in range(n + 1)], dtype=numpy.int64)
 
 
-def _run(call, ranges):
-    """``call(part, r0, r1)`` for every range, the first on this thread."""
-    if len(ranges) == 1:
-        call(0, *ranges[0])
-        return
-    futures = [_pool(len(ranges) - 1).submit(call, p, *r)
-               for p, r in enumerate(ranges) if p]
-    call(0, *ranges[0])
+def _threads(bounds):
+    """The threads of a pass over the chunks ``bounds``."""
+    return min(n_threads(), len(bounds) - 1)
+
+
+def _run(call, bounds):
+    """``call(thread, bounds, n_chunks, next)`` on every thread of a pass
+    (this one first, :func:`_threads`), the chunks' addresses and the
+    counter from which the threads take them in turn (``MN_EACH_CHUNK``
+    of ``_cpu_kernels.c``)."""
+    taken = numpy.zeros(1, dtype=numpy.int64)
+    chunks = (_addr(bounds), len(bounds) - 1, _addr(taken))
+    threads = _threads(bounds)
+    futures = [_pool(threads - 1).submit(call, p, *chunks)
+               for p in range(1, threads)]
+    call(0, *chunks)
     for future in futures:
         future.result()
 
 
-class _PerThread(object):
+class _Parts(object):
 
-    """Zeroed buffers of ``shape``, one per thread, at least one cache line
-    (64 bytes) apart: threads adding into neighbouring bytes of one line
-    would take the line from each other at every row.  ``addr(p)`` is the
-    address of thread ``p``'s buffer (``stride`` bytes after thread
-    ``p - 1``'s), :meth:`sum` their sum."""
+    """Zeroed buffers of ``shape``, one per part (a chunk of rows, or a
+    thread), at least one cache line (64 bytes) apart: threads adding into
+    neighbouring bytes of one line would take the line from each other at
+    every row.  ``addr`` is the address of part 0's buffer, ``step`` the
+    values from one part's to the next's (what the kernels take),
+    :meth:`addr_of` part ``p``'s address, :meth:`sum` the sum of the parts
+    in their order."""
 
     def __init__(self, parts, shape, dtype):
         itemsize = numpy.dtype(dtype).itemsize
@@ -174,11 +190,12 @@ class _PerThread(object):
         self._size = math.prod(shape)
         self._pad = 128 // itemsize
         self.block = numpy.zeros((parts, self._size + self._pad), dtype)
-        self._base = _addr(self.block) + self._pad // 2 * itemsize
-        self.stride = self.block.strides[0]
+        self.addr = _addr(self.block) + self._pad // 2 * itemsize
+        self.step = self.block.shape[1]
+        self._itemsize = itemsize
 
-    def addr(self, p):
-        return self._base + p * self.stride
+    def addr_of(self, p):
+        return self.addr + p * self.step * self._itemsize
 
     def sum(self):
         start = self._pad // 2
@@ -189,8 +206,7 @@ class _PerThread(object):
 def _scratch(parts, d, k, dtype):
     """The E-step kernels' scratch buffers, one per thread, of the size the
     C side asks for (``mn_scratch_size``)."""
-    return _PerThread(parts, (_function('mn_scratch_size', dtype)(d, k),),
-                      dtype)
+    return _Parts(parts, (_function('mn_scratch_size', dtype)(d, k),), dtype)
 
 
 @functools.lru_cache(maxsize=None)
@@ -267,9 +283,9 @@ def column_sums(points, first=None):
         ``(m,)`` or None.
     """
     m, d = _check_points(points)
-    ranges = _ranges(m, d, 1 if first is None else 2)
-    sums = _PerThread(len(ranges), (d,), numpy.float64)
-    amax = _PerThread(len(ranges), (d,), points.dtype)
+    bounds = _chunks(m, d, 1 if first is None else 2)
+    sums = _Parts(len(bounds) - 1, (d,), numpy.float64)
+    amax = _Parts(len(bounds) - 1, (d,), points.dtype)
     d2 = first_addr = d2_addr = None
     if first is not None:
         first = _as('first', first, points.dtype, (d,))
@@ -277,8 +293,9 @@ def column_sums(points, first=None):
         first_addr, d2_addr = _addr(first), _addr(d2)
     fn = _function('mn_column_sums', points.dtype)
     address = _addr(points)
-    _run(lambda p, r0, r1: fn(address, first_addr, sums.addr(p), amax.addr(p),
-                              d2_addr, d, r0, r1), ranges)
+    _run(lambda p, *chunks: fn(address, first_addr, sums.addr, sums.step,
+                               amax.addr, amax.step, d2_addr, d, *chunks),
+         bounds)
     return sums.sum(), float(numpy.max(amax.block, initial=0)), d2
 
 
@@ -300,12 +317,12 @@ def candidate_d2(x, candidates, closest_d2):
     t = candidates.shape[0]
     closest_d2 = _as('closest_d2', closest_d2, x.dtype, (m,))
     out = numpy.empty((t, m), dtype=x.dtype)
-    ranges = _ranges(m, d, t)
-    potentials = _PerThread(len(ranges), (t,), numpy.float64)
+    bounds = _chunks(m, d, t)
+    potentials = _Parts(len(bounds) - 1, (t,), numpy.float64)
     fn = _function('mn_candidate_d2', x.dtype)
     addresses = [_addr(a) for a in (x, candidates, closest_d2, out)]
-    _run(lambda p, r0, r1: fn(*addresses, potentials.addr(p), m, d, t, r0,
-                              r1), ranges)
+    _run(lambda p, *chunks: fn(*addresses, potentials.addr, potentials.step,
+                               m, d, t, *chunks), bounds)
     return out, potentials.sum()
 
 
@@ -349,7 +366,7 @@ class Seeding(object):
         self.labels = numpy.zeros(m, dtype=numpy.int64)
         self.count = 1
         self._cum = numpy.empty(m, dtype=numpy.float64)
-        self._ranges = None
+        self._bounds = None
         self._t = None
         self._keep = _function('mn_seed_keep', points.dtype)
         self._keep(None, None, 0, 0, 0, _addr(self.closest),
@@ -359,12 +376,13 @@ class Seeding(object):
         """The round's buffers for ``t`` candidates, and their addresses."""
         m, d = self.points.shape
         self._t = t
-        self._ranges = _ranges(m, d, t)
+        self._bounds = _chunks(m, d, t)
         self._u = numpy.empty(t, dtype=numpy.float64)
         self._index = numpy.empty(t, dtype=numpy.int64)
         self._cand = numpy.empty((t, d), dtype=self.points.dtype)
         self._out = numpy.empty((t, m), dtype=self.points.dtype)
-        self._potentials = _PerThread(len(self._ranges), (t,), numpy.float64)
+        self._potentials = _Parts(len(self._bounds) - 1, (t,),
+                                  numpy.float64)
         self._addrs = {name: _addr(getattr(self, name)) for name in (
             'points', 'closest', 'labels', '_cum', '_u', '_index', '_cand',
             '_out')}
@@ -394,12 +412,12 @@ class Seeding(object):
         a = self._addrs
         potentials = self._potentials
         fn = _function('mn_candidate_d2', dtype)
-        _run(lambda p, r0, r1: fn(
-            a['points'], a['_cand'], a['closest'], a['_out'],
-            potentials.addr(p), m, d, t, r0, r1), self._ranges)
-        best = self._keep(a['_out'], potentials.addr(0), len(self._ranges),
-                          potentials.stride // 8, t, a['closest'],
-                          a['labels'], a['_cum'], m, self.count)
+        _run(lambda p, *chunks: fn(
+            a['points'], a['_cand'], a['closest'], a['_out'], potentials.addr,
+            potentials.step, m, d, t, *chunks), self._bounds)
+        best = self._keep(a['_out'], potentials.addr, len(self._bounds) - 1,
+                          potentials.step, t, a['closest'], a['labels'],
+                          a['_cum'], m, self.count)
         self.indices[self.count] = self._index[best]
         self.count += 1
 
@@ -422,13 +440,13 @@ def cluster_sums(points, shift, labels, n_components):
     labels = _as('labels', labels, numpy.int64, (m,))
     if m and (labels.min() < 0 or labels.max() >= n_components):
         raise ValueError('labels must lie in [0, {})'.format(n_components))
-    ranges = _ranges(m, d)
-    sums = _PerThread(len(ranges), (n_components, 2 * d), numpy.float64)
-    counts = _PerThread(len(ranges), (n_components,), numpy.float64)
+    bounds = _chunks(m, d)
+    sums = _Parts(len(bounds) - 1, (n_components, 2 * d), numpy.float64)
+    counts = _Parts(len(bounds) - 1, (n_components,), numpy.float64)
     fn = _function('mn_cluster_sums', points.dtype)
     addresses = [_addr(a) for a in (points, shift, labels)]
-    _run(lambda p, r0, r1: fn(*addresses, sums.addr(p), counts.addr(p), d,
-                              r0, r1), ranges)
+    _run(lambda p, *chunks: fn(*addresses, sums.addr, sums.step, counts.addr,
+                               counts.step, d, *chunks), bounds)
     return counts.sum(), sums.sum()
 
 
@@ -458,15 +476,16 @@ def em_sums(points, shift, mixture):
     """
     m, d, k, shift, a, b, log_const = _e_step_arguments(
         points, shift, mixture)
-    ranges = _ranges(m, d, k)
-    sums = _PerThread(len(ranges), (k, 2 * d), numpy.float64)
-    nk = _PerThread(len(ranges), (k,), numpy.float64)
-    scratch = _scratch(len(ranges), d, k, points.dtype)
+    bounds = _chunks(m, d, k)
+    sums = _Parts(len(bounds) - 1, (k, 2 * d), numpy.float64)
+    nk = _Parts(len(bounds) - 1, (k,), numpy.float64)
+    scratch = _scratch(_threads(bounds), d, k, points.dtype)
     fn = _function('mn_em_sums', points.dtype)
     floor = mixture_steps.log_floor(points.dtype)
     addresses = [_addr(v) for v in (points, shift, a, b, log_const)]
-    _run(lambda p, r0, r1: fn(*addresses, floor, sums.addr(p), nk.addr(p),
-                              scratch.addr(p), d, k, r0, r1), ranges)
+    _run(lambda p, *chunks: fn(*addresses, floor, sums.addr, sums.step,
+                               nk.addr, nk.step, scratch.addr_of(p), d, k,
+                               *chunks), bounds)
     centres = None
     if points.dtype != numpy.float64:
         centres = a.astype(numpy.float64)
@@ -483,14 +502,14 @@ def log_resp(points, shift, mixture):
     """
     m, d, k, shift, a, b, log_const = _e_step_arguments(
         points, shift, mixture)
-    ranges = _ranges(m, d, k)
+    bounds = _chunks(m, d, k)
     out = numpy.empty((m, k), dtype=points.dtype)
     log_norm = numpy.empty(m, dtype=points.dtype)
-    scratch = _scratch(len(ranges), d, k, points.dtype)
+    scratch = _scratch(_threads(bounds), d, k, points.dtype)
     fn = _function('mn_log_resp', points.dtype)
     floor = mixture_steps.log_floor(points.dtype)
     addresses = [_addr(v) for v in (points, shift, a, b, log_const)]
-    _run(lambda p, r0, r1: fn(*addresses, floor, _addr(out),
-                              _addr(log_norm), scratch.addr(p), d, k, r0,
-                              r1), ranges)
+    _run(lambda p, *chunks: fn(*addresses, floor, _addr(out),
+                               _addr(log_norm), scratch.addr_of(p), d, k,
+                               *chunks), bounds)
     return out, log_norm

@@ -36,13 +36,15 @@ def kernels(monkeypatch):
     return cpu_kernels
 
 
-@pytest.fixture(params=['one range', 'three ranges'])
+@pytest.fixture(params=['one chunk', 'chunks on three threads'])
 def ranges(request, monkeypatch):
-    """Run each kernel on one thread, and split over three row ranges
-    (uneven, so that tiles straddle the range boundaries)."""
-    if request.param == 'three ranges':
+    """Run each kernel on one chunk of rows (one thread), and cut into up
+    to seven uneven chunks (tiles straddle their boundaries) taken by three
+    threads."""
+    if request.param == 'chunks on three threads':
         monkeypatch.setattr(cpu_kernels, 'n_threads', lambda: 3)
-        monkeypatch.setattr(cpu_kernels, 'MIN_WORK_PER_THREAD', 1)
+        monkeypatch.setattr(cpu_kernels, 'CHUNK_WORK', 1)
+        monkeypatch.setattr(cpu_kernels, 'MAX_CHUNKS', 7)
     return request.param
 
 
@@ -410,24 +412,62 @@ def test_address_of_array_data(kernels):
         kernels._addr(a[:, ::2])
 
 
-def test_threads_and_row_ranges(kernels, monkeypatch):
+def test_threads_and_chunks(kernels, monkeypatch):
     """``MN_CHAINER_CPU_THREADS`` caps the threads (a clear error for a
-    bad value); a pass gets one row range per MIN_WORK_PER_THREAD of work,
-    up to the threads, and the ranges cover the rows once, in order."""
+    bad value); a pass cuts its rows into one chunk per CHUNK_WORK of work,
+    at most MAX_CHUNKS and one per row, covering the rows once, in order,
+    whatever the threads."""
     monkeypatch.setenv('MN_CHAINER_CPU_THREADS', '3')
     assert kernels.n_threads() == 3
     monkeypatch.setenv('MN_CHAINER_CPU_THREADS', 'many')
     with pytest.raises(ValueError, match='MN_CHAINER_CPU_THREADS'):
         kernels.n_threads()
     monkeypatch.setenv('MN_CHAINER_CPU_THREADS', '4')
-    d = kernels.MIN_WORK_PER_THREAD // 64
-    assert kernels._ranges(64, d) == [(0, 64)]
-    assert kernels._ranges(64, d - 1, 2) == [(0, 64)]
-    assert kernels._ranges(64, d, 2) == [(0, 32), (32, 64)]
-    ranges = kernels._ranges(1001, d, 5)
-    assert len(ranges) == 4
-    assert [r0 for r0, _ in ranges[1:]] == [r1 for _, r1 in ranges[:-1]]
-    assert ranges[0][0] == 0 and ranges[-1][1] == 1001
+    d = kernels.CHUNK_WORK // 64
+    assert kernels._chunks(64, d).tolist() == [0, 64]
+    assert kernels._chunks(64, d - 1, 2).tolist() == [0, 64]
+    assert kernels._chunks(64, d, 2).tolist() == [0, 32, 64]
+    assert kernels._threads(kernels._chunks(64, d, 2)) == 2
+    bounds = kernels._chunks(1001, d, 100)
+    assert len(bounds) == kernels.MAX_CHUNKS + 1
+    assert kernels._threads(bounds) == 4
+    assert bounds[0] == 0 and bounds[-1] == 1001
+    assert (numpy.diff(bounds) > 0).all()
+    assert kernels._chunks(3, d, 100).tolist() == [0, 1, 2, 3]
+    monkeypatch.setenv('MN_CHAINER_CPU_THREADS', '1')
+    assert kernels._chunks(1001, d, 100).tolist() == bounds.tolist()
+
+
+@pytest.mark.parametrize('dtype', DTYPES)
+def test_results_do_not_depend_on_the_threads(kernels, monkeypatch, dtype):
+    """The chunks' sums are added in chunk order: one thread and three
+    give the same bits, for every kernel and for the whole fit."""
+    rs = numpy.random.RandomState(31)
+    points = _random_points(rs, 999, 21, dtype)
+    shift = points.mean(axis=0).astype(dtype)
+    mixture = _random_mixture(rs, 4, 21, dtype)
+    labels = rs.randint(0, 4, size=999)
+    monkeypatch.setattr(kernels, 'CHUNK_WORK', 1)
+
+    def run():
+        return [kernels.column_sums(points, points[5]),
+                kernels.candidate_d2(points, points[:3], points[:, 0] ** 2),
+                kernels.cluster_sums(points, shift, labels, 4),
+                kernels.em_sums(points, shift, mixture)[:2],
+                kernels.log_resp(points, shift, mixture),
+                gmm.fit_gmm(points, 4, rng=0, return_posterior=True)]
+
+    outputs = []
+    for threads in (1, 3):
+        monkeypatch.setattr(kernels, 'n_threads', lambda: threads)
+        outputs.append(run())
+    for one, three in zip(*outputs):
+        for a, b in zip(one, three):
+            if isinstance(a, tuple):  # the fit's mixture
+                for u, v in zip(a, b):
+                    numpy.testing.assert_array_equal(u, v)
+            else:
+                numpy.testing.assert_array_equal(a, b)
 
 
 def test_disabled_by_environment(kernels, monkeypatch):
