@@ -1,13 +1,15 @@
 /*
  * The CPU kernels of mn_chainer/_cpu_kernels.c for one floating type.
  *
- * Included once per type with REAL (float or double), NAME(n) (the function name with a type suffix),
- * EXP, LOG and MN_FUSED_FORMS defined.  Every function works on the rows
- * [r0, r1) of a C-contiguous (m, d) point matrix, so that the caller
- * (mn_chainer/cpu_kernels.py) can run several row ranges on several
- * threads, each with its own output sums.  Their NumPy twins are the
- * passes of mn_chainer/fit_passes.py (ArrayPasses); the tests compare
- * them, and both with float64 references.
+ * Included once per type with REAL (float or double), NAME(n) (the
+ * function name with a type suffix), EXP, LOG and MN_FUSED_FORMS defined.
+ * A pass over a C-contiguous (m, d) point matrix is a function of the
+ * rows [r0, r1) (NAME(mn_..._rows)) and the exported kernel that runs it
+ * on the chunks of rows that its thread takes (MN_EACH_CHUNK of
+ * _cpu_kernels.c), each chunk with its own output sums; the caller
+ * (mn_chainer/cpu_kernels.py) runs the kernel on several threads.  Their
+ * NumPy twins are the passes of mn_chainer/fit_passes.py (ArrayPasses);
+ * the tests compare them, and both with float64 references.
  *
  * Accuracy, as the NumPy path's (mn_chainer/mixture_steps.py):
  * - sums over the rows are made in double: directly in the passes that
@@ -34,9 +36,9 @@
  * (centred) into per-thread scratch rows padded with zeros to whole
  * vectors of MN_VECTOR_BYTES, with the mixture's coefficients padded
  * alike (zero coefficients: the padding adds nothing): every inner loop
- * runs whole, aligned vectors, every mean and
- * coefficient loaded serves four points, and the running sums of a tile's
- * rows are independent, so the loops run at the rate of the arithmetic.
+ * runs whole, aligned vectors, every mean and coefficient loaded serves
+ * four points, and the running sums of a tile's rows are independent, so
+ * that the loops run at the rate of the arithmetic.
  */
 
 /* REAL values per vector, and d rounded up to whole vectors. */
@@ -105,8 +107,10 @@ static inline __attribute__((always_inline)) void NAME(mn_column_rows)(
     }
 }
 
-/* The column pass by chunks: NAME(mn_column_rows) of every chunk into its
- * sums and maxima (sums + c * sums_stride, amax + c * amax_stride). */
+/*
+ * The column pass: NAME(mn_column_rows) of every chunk c, its sums and
+ * maxima at sums + c * sums_stride and amax + c * amax_stride.
+ */
 MN_CLONES
 void NAME(mn_column_sums)(const REAL *points, const REAL *first,
                           double *sums, int64_t sums_stride, REAL *amax,
@@ -126,8 +130,8 @@ void NAME(mn_column_sums)(const REAL *points, const REAL *first,
  * row, closest[i] (the squared distance to the nearest chosen centre),
  * labels[i] (the index of that centre) and cum[i], the cumulative sum of
  * closest up to row i (in double).  A round draws t candidates
- * (NAME(mn_seed_draw), serial), measures them (NAME(mn_candidate_d2), on
- * row ranges) and keeps the best (NAME(mn_seed_keep), serial).
+ * (NAME(mn_seed_draw), serial), measures them (NAME(mn_candidate_d2), by
+ * chunks of rows) and keeps the best (NAME(mn_seed_keep), serial).
  *
  * The candidates of a round: index[q] = the first row i with cum[i] >=
  * u[q] * cum[m - 1] (at most m - 1; u in [0, 1): row i is drawn with
@@ -207,8 +211,10 @@ static inline __attribute__((always_inline)) void NAME(mn_candidate_rows)(
     }
 }
 
-/* The distances of a round by chunks: NAME(mn_candidate_rows) of every
- * chunk, its potentials at potential + c * stride. */
+/*
+ * The distances of a round: NAME(mn_candidate_rows) of every chunk c, its
+ * potentials at potential + c * stride.
+ */
 MN_CLONES
 void NAME(mn_candidate_d2)(const REAL *x, const REAL *cand,
                            const REAL *closest, REAL *out,
@@ -223,8 +229,8 @@ void NAME(mn_candidate_d2)(const REAL *x, const REAL *cand,
 
 /*
  * Keeps the best candidate of round c, the one of lowest potential (the
- * sum over the n_parts row ranges of potentials[p * stride + q], the
- * first on a tie), and returns its q: labels[i] = c where out[q, i] <
+ * sum over the n_parts chunks of rows of potentials[p * stride + q], in
+ * chunk order; the first on a tie), and returns its q: labels[i] = c where out[q, i] <
  * closest[i], closest[i] = out[q, i].  With out NULL (before the first
  * round) closest is kept as it is and -1 returned.  Either way cum is
  * made the cumulative sum of closest, in double.
@@ -285,8 +291,10 @@ static inline __attribute__((always_inline)) void NAME(mn_cluster_rows)(
     }
 }
 
-/* The clusters' sums by chunks: NAME(mn_cluster_rows) of every chunk into
- * sums + c * sums_stride and counts + c * counts_stride. */
+/*
+ * The clusters' sums: NAME(mn_cluster_rows) of every chunk c, its sums at
+ * sums + c * sums_stride and counts + c * counts_stride.
+ */
 MN_CLONES
 void NAME(mn_cluster_sums)(const REAL *points, const REAL *shift,
                            const int64_t *labels, double *sums,
@@ -512,9 +520,9 @@ static inline __attribute__((always_inline)) void NAME(mn_flush_sums)(
  * responsibilities r_ik of every point (the softmax of its log-densities
  * under the tiny-value rule, NAME(mn_row_exp)) are accumulated at once
  * into nk[k] += r_ik and the M-step's sums (K, 2d) of NAME(mn_m_step_tile)
- * (double totals of REAL partial sums over at most MN_FLUSH_ROWS rows).
- * a, b (K, d) are the E-step's coefficients of NAME(mn_log_prob_tile),
- * cst (K) its constants; scratch holds NAME(mn_scratch_size)(d, K) values.
+ * (double totals of REAL partial sums over at most MN_FLUSH_ROWS rows),
+ * with the scratch *sp (NAME(mn_carve_scratch)), the E-step's constants
+ * cst (K) and exp_floor = EXP(floor_).
  */
 static inline __attribute__((always_inline)) void NAME(mn_em_rows)(
     const REAL *points, const REAL *shift, const NAME(mn_tile_scratch) *sp,
@@ -548,9 +556,12 @@ static inline __attribute__((always_inline)) void NAME(mn_em_rows)(
     }
 }
 
-/* One EM step's sums by chunks: NAME(mn_em_rows) of every chunk into
- * sums + c * sums_stride and nk + c * nk_stride; scratch is this
- * thread's. */
+/*
+ * One EM step's sums: NAME(mn_em_rows) of every chunk c, its sums at
+ * sums + c * sums_stride and nk + c * nk_stride; a, b and cst the E-step's
+ * coefficients and constants (NAME(mn_log_prob_tile)), scratch this
+ * thread's NAME(mn_scratch_size)(d, K) values.
+ */
 MN_CLONES
 void NAME(mn_em_sums)(const REAL *points, const REAL *shift, const REAL *a,
                       const REAL *b, const REAL *cst, REAL floor_,
@@ -572,8 +583,8 @@ void NAME(mn_em_sums)(const REAL *points, const REAL *shift, const REAL *a,
  * E-step in log space: out[i, k] = log p(x_i, k) - log_norm_i (out has
  * shape (m, K)) with log_norm_i = logsumexp_k log p(x_i, k) under the
  * tiny-value rule (NAME(mn_row_exp); -inf for a row of -inf), also stored
- * in log_norm[i]; x_i = points[i] - shift, a, b and cst as in
- * NAME(mn_em_sums).  scratch holds NAME(mn_scratch_size)(d, K) values.
+ * in log_norm[i]; x_i = points[i] - shift, *sp, cst and exp_floor as in
+ * NAME(mn_em_rows).
  */
 static inline __attribute__((always_inline)) void NAME(mn_log_resp_rows)(
     const REAL *points, const REAL *shift, const NAME(mn_tile_scratch) *sp,
@@ -598,8 +609,10 @@ static inline __attribute__((always_inline)) void NAME(mn_log_resp_rows)(
     }
 }
 
-/* The E-step by chunks: NAME(mn_log_resp_rows) of every chunk; scratch is
- * this thread's. */
+/*
+ * The E-step in log space: NAME(mn_log_resp_rows) of every chunk; a, b,
+ * cst and scratch as in NAME(mn_em_sums).
+ */
 MN_CLONES
 void NAME(mn_log_resp)(const REAL *points, const REAL *shift, const REAL *a,
                        const REAL *b, const REAL *cst, REAL floor_,
