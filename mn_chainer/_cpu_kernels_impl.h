@@ -46,6 +46,30 @@
 #define PADDED(d) (((d) + LANES - 1) / LANES * LANES)
 
 /*
+ * The squared distances of the rows x0..x3 (d values each) to c into
+ * a[0..3]: direct differences, four independent running sums.
+ */
+static inline __attribute__((always_inline)) void NAME(mn_four_d2)(
+    const REAL *x0, const REAL *x1, const REAL *x2, const REAL *x3,
+    const REAL *c, int64_t d, REAL *a)
+{
+    REAL a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+#pragma omp simd reduction(+:a0, a1, a2, a3)
+    for (int64_t j = 0; j < d; ++j) {
+        const REAL v0 = x0[j] - c[j], v1 = x1[j] - c[j];
+        const REAL v2 = x2[j] - c[j], v3 = x3[j] - c[j];
+        a0 += v0 * v0;
+        a1 += v1 * v1;
+        a2 += v2 * v2;
+        a3 += v3 * v3;
+    }
+    a[0] = a0;
+    a[1] = a1;
+    a[2] = a2;
+    a[3] = a3;
+}
+
+/*
  * sums[j] += sum of points[i, j] over the rows (the column sums, in
  * double), amax[j] the running maximum of |points[i, j]|, and, if first is
  * not NULL, d2[i] = |points[i] - first|^2 (K-means++'s distances to its
@@ -88,22 +112,10 @@ static inline __attribute__((always_inline)) void NAME(mn_column_rows)(
         }
         if (first == NULL)
             continue;
-        REAL a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-#pragma omp simd reduction(+:a0, a1, a2, a3)
-        for (int64_t j = 0; j < d; ++j) {
-            const REAL v0 = p0[j] - first[j], v1 = p1[j] - first[j];
-            const REAL v2 = p2[j] - first[j], v3 = p3[j] - first[j];
-            a0 += v0 * v0;
-            a1 += v1 * v1;
-            a2 += v2 * v2;
-            a3 += v3 * v3;
-        }
-        d2[i] = a0;
-        if (n == 4) {
-            d2[i + 1] = a1;
-            d2[i + 2] = a2;
-            d2[i + 3] = a3;
-        }
+        REAL a[4];
+        NAME(mn_four_d2)(p0, p1, p2, p3, first, d, a);
+        for (int64_t t = 0; t < n; ++t)
+            d2[i + t] = a[t];
     }
 }
 
@@ -158,11 +170,37 @@ void NAME(mn_seed_draw)(const REAL *points, const double *cum,
 }
 
 /*
+ * The distances of the candidates to the n rows from row i (n = 4, or 1:
+ * then the four rows of NAME(mn_four_d2) are that row), as
+ * NAME(mn_candidate_rows) defines them.
+ */
+static inline __attribute__((always_inline)) void NAME(mn_candidate_tile)(
+    const REAL *x, const REAL *cand, const REAL *closest, REAL *out,
+    double *potential, int64_t m, int64_t d, int64_t t, int64_t i,
+    int64_t n)
+{
+    const REAL *x0 = x + i * d;
+    const REAL *x1 = n == 4 ? x0 + d : x0, *x2 = n == 4 ? x1 + d : x0;
+    const REAL *x3 = n == 4 ? x2 + d : x0;
+    for (int64_t q = 0; q < t; ++q) {
+        REAL a[4];
+        NAME(mn_four_d2)(x0, x1, x2, x3, cand + q * d, d, a);
+        REAL *o = out + q * m + i;
+        double total = 0;
+        for (int64_t u = 0; u < n; ++u) {
+            o[u] = a[u] < closest[i + u] ? a[u] : closest[i + u];
+            total += (double)o[u];
+        }
+        potential[q] += total;
+    }
+}
+
+/*
  * The distances of a round: out[q, i] = min(closest[i], |x_i - cand_q|^2)
  * (direct differences, never negative; out has shape (t, m)) and
  * potential[q] = the sum of out[q, i] over the rows [r0, r1), in double
  * (their part of the potential if candidate q is added).  Four rows at a
- * time, with four independent running sums.
+ * time (NAME(mn_candidate_tile)).
  */
 static inline __attribute__((always_inline)) void NAME(mn_candidate_rows)(
     const REAL *x, const REAL *cand, const REAL *closest, REAL *out,
@@ -172,43 +210,12 @@ static inline __attribute__((always_inline)) void NAME(mn_candidate_rows)(
     for (int64_t q = 0; q < t; ++q)
         potential[q] = 0;
     int64_t i = r0;
-    for (; i + 4 <= r1; i += 4) {
-        const REAL *x0 = x + i * d, *x1 = x0 + d, *x2 = x1 + d, *x3 = x2 + d;
-        for (int64_t q = 0; q < t; ++q) {
-            const REAL *c = cand + q * d;
-            REAL a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-#pragma omp simd reduction(+:a0, a1, a2, a3)
-            for (int64_t j = 0; j < d; ++j) {
-                const REAL v0 = x0[j] - c[j], v1 = x1[j] - c[j];
-                const REAL v2 = x2[j] - c[j], v3 = x3[j] - c[j];
-                a0 += v0 * v0;
-                a1 += v1 * v1;
-                a2 += v2 * v2;
-                a3 += v3 * v3;
-            }
-            REAL *o = out + q * m + i;
-            o[0] = a0 < closest[i] ? a0 : closest[i];
-            o[1] = a1 < closest[i + 1] ? a1 : closest[i + 1];
-            o[2] = a2 < closest[i + 2] ? a2 : closest[i + 2];
-            o[3] = a3 < closest[i + 3] ? a3 : closest[i + 3];
-            potential[q] += (((double)o[0] + (double)o[1]) + (double)o[2])
-                            + (double)o[3];
-        }
-    }
-    for (; i < r1; ++i) {
-        const REAL *xi = x + i * d;
-        for (int64_t q = 0; q < t; ++q) {
-            const REAL *c = cand + q * d;
-            REAL acc = 0;
-#pragma omp simd reduction(+:acc)
-            for (int64_t j = 0; j < d; ++j) {
-                const REAL v = xi[j] - c[j];
-                acc += v * v;
-            }
-            out[q * m + i] = acc < closest[i] ? acc : closest[i];
-            potential[q] += (double)out[q * m + i];
-        }
-    }
+    for (; i + 4 <= r1; i += 4)
+        NAME(mn_candidate_tile)(x, cand, closest, out, potential, m, d, t, i,
+                                4);
+    for (; i < r1; ++i)  /* the last rows one by one */
+        NAME(mn_candidate_tile)(x, cand, closest, out, potential, m, d, t, i,
+                                1);
 }
 
 /*
