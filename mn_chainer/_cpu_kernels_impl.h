@@ -329,6 +329,7 @@ void NAME(mn_cluster_sums)(const REAL *points, const REAL *shift,
 typedef struct {
     int64_t dp;
     REAL *x, *a, *b, *lp, *part, *part_nk;
+    REAL floor_, exp_floor;  /* the tiny-value rule: NAME(mn_row_exp) */
 } NAME(mn_tile_scratch);
 
 int64_t NAME(mn_scratch_size)(int64_t d, int64_t k_total)
@@ -341,18 +342,21 @@ int64_t NAME(mn_scratch_size)(int64_t d, int64_t k_total)
 }
 
 /*
- * Carves the scratch (see above) and copies the coefficients a, b (K, d)
- * into its padded rows.
+ * Carves the scratch (see above), copies the coefficients a, b (K, d)
+ * into its padded rows and keeps the tiny-value floor floor_ with
+ * EXP(floor_).
  */
 static inline __attribute__((always_inline)) NAME(mn_tile_scratch)
 NAME(mn_carve_scratch)(REAL *scratch, const REAL *a, const REAL *b,
-                       int64_t d, int64_t k_total)
+                       int64_t d, int64_t k_total, REAL floor_)
 {
     NAME(mn_tile_scratch) s;
     const int64_t dp = PADDED(d);
     const uintptr_t align = MN_VECTOR_BYTES;
     REAL *p = (REAL *)(((uintptr_t)scratch + align - 1) & ~(align - 1));
     s.dp = dp;
+    s.floor_ = floor_;
+    s.exp_floor = EXP(floor_);
     s.x = p;
     s.a = s.x + MN_TILE * dp;
     s.b = s.a + k_total * dp;
@@ -528,13 +532,13 @@ static inline __attribute__((always_inline)) void NAME(mn_flush_sums)(
  * under the tiny-value rule, NAME(mn_row_exp)) are accumulated at once
  * into nk[k] += r_ik and the M-step's sums (K, 2d) of NAME(mn_m_step_tile)
  * (double totals of REAL partial sums over at most MN_FLUSH_ROWS rows),
- * with the scratch *sp (NAME(mn_carve_scratch)), the E-step's constants
- * cst (K) and exp_floor = EXP(floor_).
+ * with the scratch *sp (NAME(mn_carve_scratch)) and the E-step's
+ * constants cst (K).
  */
 static inline __attribute__((always_inline)) void NAME(mn_em_rows)(
     const REAL *points, const REAL *shift, const NAME(mn_tile_scratch) *sp,
-    const REAL *cst, REAL floor_, REAL exp_floor, double *sums, double *nk,
-    int64_t d, int64_t k_total, int64_t r0, int64_t r1)
+    const REAL *cst, double *sums, double *nk, int64_t d, int64_t k_total,
+    int64_t r0, int64_t r1)
 {
     const NAME(mn_tile_scratch) s = *sp;
     int64_t rows = 0;
@@ -549,8 +553,9 @@ static inline __attribute__((always_inline)) void NAME(mn_em_rows)(
                 continue;
             }
             REAL best;
-            const REAL inv = 1 / NAME(mn_row_exp)(row, row, k_total, floor_,
-                                                  exp_floor, &best);
+            const REAL inv = 1 / NAME(mn_row_exp)(row, row, k_total,
+                                                  s.floor_, s.exp_floor,
+                                                  &best);
             for (int64_t k = 0; k < k_total; ++k)
                 row[k] *= inv;
         }
@@ -578,25 +583,24 @@ void NAME(mn_em_sums)(const REAL *points, const REAL *shift, const REAL *a,
                       int64_t n_chunks, int64_t *next)
 {
     const NAME(mn_tile_scratch) s = NAME(mn_carve_scratch)(scratch, a, b, d,
-                                                           k_total);
-    const REAL exp_floor = EXP(floor_);
+                                                           k_total, floor_);
     MN_EACH_CHUNK(c)
-        NAME(mn_em_rows)(points, shift, &s, cst, floor_, exp_floor,
-                         sums + c * sums_stride, nk + c * nk_stride, d,
-                         k_total, bounds[c], bounds[c + 1]);
+        NAME(mn_em_rows)(points, shift, &s, cst, sums + c * sums_stride,
+                         nk + c * nk_stride, d, k_total, bounds[c],
+                         bounds[c + 1]);
 }
 
 /*
  * E-step in log space: out[i, k] = log p(x_i, k) - log_norm_i (out has
  * shape (m, K)) with log_norm_i = logsumexp_k log p(x_i, k) under the
  * tiny-value rule (NAME(mn_row_exp); -inf for a row of -inf), also stored
- * in log_norm[i]; x_i = points[i] - shift, *sp, cst and exp_floor as in
+ * in log_norm[i]; x_i = points[i] - shift, *sp and cst as in
  * NAME(mn_em_rows).
  */
 static inline __attribute__((always_inline)) void NAME(mn_log_resp_rows)(
     const REAL *points, const REAL *shift, const NAME(mn_tile_scratch) *sp,
-    const REAL *cst, REAL floor_, REAL exp_floor, REAL *out,
-    REAL *log_norm, int64_t d, int64_t k_total, int64_t r0, int64_t r1)
+    const REAL *cst, REAL *out, REAL *log_norm, int64_t d, int64_t k_total,
+    int64_t r0, int64_t r1)
 {
     const NAME(mn_tile_scratch) s = *sp;
     for (int64_t i = r0; i < r1; i += MN_TILE) {
@@ -605,8 +609,9 @@ static inline __attribute__((always_inline)) void NAME(mn_log_resp_rows)(
         for (int64_t t = 0; t < n; ++t) {
             const REAL *row = s.lp + t * k_total;
             REAL best;
-            const REAL total = NAME(mn_row_exp)(row, NULL, k_total, floor_,
-                                                exp_floor, &best);
+            const REAL total = NAME(mn_row_exp)(row, NULL, k_total,
+                                                s.floor_, s.exp_floor,
+                                                &best);
             const REAL norm = best == -(REAL)INFINITY ? best
                                                       : best + LOG(total);
             for (int64_t k = 0; k < k_total; ++k)
@@ -628,12 +633,10 @@ void NAME(mn_log_resp)(const REAL *points, const REAL *shift, const REAL *a,
                        int64_t n_chunks, int64_t *next)
 {
     const NAME(mn_tile_scratch) s = NAME(mn_carve_scratch)(scratch, a, b, d,
-                                                           k_total);
-    const REAL exp_floor = EXP(floor_);
+                                                           k_total, floor_);
     MN_EACH_CHUNK(c)
-        NAME(mn_log_resp_rows)(points, shift, &s, cst, floor_, exp_floor,
-                               out, log_norm, d, k_total, bounds[c],
-                               bounds[c + 1]);
+        NAME(mn_log_resp_rows)(points, shift, &s, cst, out, log_norm, d,
+                               k_total, bounds[c], bounds[c + 1]);
 }
 
 #undef LANES
