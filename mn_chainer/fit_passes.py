@@ -263,7 +263,7 @@ class CudaPasses(ArrayPasses):
 
     @staticmethod
     def candidate_distances(xp, points):
-        return functools.partial(_with_potentials, xp, functools.partial(
+        return functools.partial(_with_potentials, functools.partial(
             kernels.kmeanspp_candidate_d2, xp.ascontiguousarray(points)))
 
     @staticmethod
@@ -282,7 +282,7 @@ class CudaPasses(ArrayPasses):
             self.xp, self._log_resp(terms, x, augmented)[0])
 
 
-def _with_potentials(xp, candidate_d2, candidates, closest_d2):
+def _with_potentials(candidate_d2, candidates, closest_d2):
     """``(d2, potentials)`` of a distance function returning ``d2`` alone:
     the potentials are its row sums, in float64."""
     d2 = candidate_d2(candidates, closest_d2)
