@@ -21,8 +21,10 @@ $(VENV)/.installed: setup.py requirements.txt requirements-test.txt \
 	touch $@
 
 # The main job: a short BN-2 vs MN-2 comparison on CIFAR-10 (see README).
+# --resume: a second `make` continues (or just prints) the demo in
+# result/demo instead of refusing to write over it.
 demo: $(VENV)/.installed
-	$(PY) -m mn_chainer.demo $(if $(DATA),--data $(DATA))
+	$(PY) -m mn_chainer.demo --resume $(if $(DATA),--data $(DATA))
 
 # Open MPI and mpi4py for the ChainerMN (multi-node) tests; where they
 # cannot be installed (no root or no apt-get), those tests skip.

@@ -21,7 +21,8 @@ The two runs are written to ``<out>/bn2`` and ``<out>/mn2`` (LogReport
 ``mn-compare <out>/bn2 <out>/mn2`` and ``mn-plot`` can read them. Like a
 training run, the demo does not write over an earlier demo: ``--resume``
 continues it (each run from its latest snapshot; finished runs are read
-back) and ``--overwrite`` moves it aside to ``<out>.old<N>``.
+back; with no demo in ``--out`` it starts one, so ``make`` always passes
+it) and ``--overwrite`` moves it aside to ``<out>.old<N>``.
 """
 import argparse
 import os
@@ -71,7 +72,9 @@ def get_parser():
     parser.add_argument('--out', '-o', default=os.path.join('result', 'demo'),
                         help='directory of the two runs')
     parser.add_argument('--resume', action='store_true',
-                        help='continue the demo found in --out')
+                        help='continue the demo found in --out (start one '
+                        'where there is none; a finished demo is printed '
+                        'again)')
     parser.add_argument('--overwrite', action='store_true',
                         help='move a demo found in --out aside to '
                         '<out>.old<N> (nothing is deleted)')

@@ -492,6 +492,39 @@ def test_demo_refuses_resumes_and_overwrites(data, tmp_path, capsys):
     assert len(_log(out / 'mn2')) == 1
 
 
+def test_demo_resume_starts_a_new_demo_and_reprints_a_finished_one(
+        data, tmp_path, capsys):
+    # `make` always passes --resume: the first call starts the demo, the
+    # next ones train nothing more and print the same comparison.
+    out = tmp_path / 'demo'
+    argv = ['--data', data, '-e', '1', '--train-subset', '16',
+            '--test-subset', '8', '-b', '8', '--widths', '4,4,8,8',
+            '--out', str(out), '--resume']
+    logs = mn_chainer.demo.main(argv)
+    assert [len(logs[r]) for r in mn_chainer.demo.ROWS] == [1, 1]
+    first = _state(out)
+    table = capsys.readouterr().out
+    again = mn_chainer.demo.main(argv)
+    assert again == logs
+    state = _state(out)
+    # Only the resumes (args.json) and this invocation's wall time
+    # (summary.txt) are new; logs, snapshots and plots stay as they were.
+    assert sorted(state) == sorted(first)
+    for name in state:
+        if not name.endswith(('args.json', 'summary.txt')):
+            assert state[name] == first[name], name
+    for row in ('bn2', 'mn2'):
+        resumes = _args(out / row)['resumes']
+        assert len(resumes) == 1 and not resumes[0]['changed']
+    reprinted = capsys.readouterr().out
+
+    def accuracies(text):
+        return [line for line in text.splitlines() if line.strip()
+                and line.split()[0] in ('1', 'best')]
+    assert accuracies(reprinted) == accuracies(table)
+    assert accuracies(table)
+
+
 # --- whole processes ---------------------------------------------------------
 
 @pytest.mark.parametrize('script', ['train_cifar.py', 'train_dcgan.py'])
