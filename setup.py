@@ -2,13 +2,15 @@
 import setuptools
 
 
-# The fused CPU kernels of the mixture fit (mn_chainer/cpu_kernels.py loads
-# them with ctypes).  Optional: without a C compiler the package installs
-# and mn_chainer.gmm runs its NumPy path.
+# The fused CPU kernels of the mixture fit and of the transform
+# (mn_chainer/cpu_kernels.py loads them with ctypes).  Optional: without a C
+# compiler the package installs, and mn_chainer.gmm and the transform run
+# their NumPy paths.
 cpu_kernels = setuptools.Extension(
     'mn_chainer._cpu_kernels',
     sources=['mn_chainer/_cpu_kernels.c'],
-    depends=['mn_chainer/_cpu_kernels_impl.h'],
+    depends=['mn_chainer/_cpu_kernels_impl.h',
+             'mn_chainer/_transform_kernels_impl.h'],
     extra_compile_args=['-O3', '-std=c99', '-fopenmp-simd',
                         '-ffp-contract=fast'],
     optional=True,

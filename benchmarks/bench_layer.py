@@ -19,6 +19,8 @@ pool), measured in a separate untimed call.
     python benchmarks/bench_layer.py              # CPU, all rows
     python benchmarks/bench_layer.py --relu on    # Eq. 40 rows only
     python benchmarks/bench_layer.py --device 0   # GPU 0 (cuDNN BN)
+    python benchmarks/bench_layer.py --transform array   # MN's loops as
+        # array operations (the fused kernels' reference), for an A/B
 """
 import argparse
 import functools
@@ -32,7 +34,9 @@ import chainer.functions as F
 import chainer.links as L
 
 import interleave
+from mn_chainer import cpu_kernels
 from mn_chainer.functions import batch_blocks
+from mn_chainer.functions import transform_passes
 import mn_chainer.links as ML
 
 
@@ -66,36 +70,8 @@ def _peak_bytes(link, x, gy, relu, xp, sync):
     return pool.total_bytes() - before
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--device', '-d', default='-1',
-                        help='Chainer device specifier (-1: CPU)')
-    parser.add_argument('--repeats', type=int, default=10,
-                        help='Timed calls of each layer per row')
-    parser.add_argument('--batches', type=int, nargs='+', default=[64, 128])
-    parser.add_argument('--channels', type=int, nargs='+', default=[196, 448])
-    parser.add_argument('--components', type=int, nargs='+',
-                        default=[2, 3, 4, 5])
-    parser.add_argument('--sample-ratios', type=float, nargs='+',
-                        default=[1.0, 0.25])
-    parser.add_argument('--relu', choices=('off', 'on', 'both'),
-                        default='both',
-                        help='Rows of the plain transform (off: Eq. 34), of '
-                        'the per-component ReLU (on: Eq. 40, then ReLU, '
-                        'against BN then ReLU), or both')
-    parser.add_argument('--em-iter', type=int, default=2)
-    parser.add_argument('--clock', choices=sorted(interleave.CLOCKS),
-                        default='wall',
-                        help='Time with the wall clock, or with the CPU '
-                        'time of the process (all threads: steadier on a '
-                        'shared machine)')
-    parser.add_argument('--no-memory', action='store_true',
-                        help='Skip the peak-memory measurement')
-    parser.add_argument('--markdown', action='store_true')
-    args = parser.parse_args(argv)
-    if args.repeats < 1:
-        parser.error('--repeats must be at least 1')
-
+def _run(args):
+    """The rows of ``args`` (parsed), printed."""
     device = chainer.get_device(args.device)
     device.use()
     xp = device.xp
@@ -109,11 +85,18 @@ def main(argv=None):
               args.em_iter, args.repeats, args.clock,
               'not measured' if args.no_memory else
               'tracemalloc' if xp is numpy else 'CuPy memory pool'))
-    if xp is numpy:
-        print('MN transform: {} thread(s), BLAS on one thread in its loops: '
-              '{}'.format(batch_blocks.n_threads(),
-                          'yes' if batch_blocks.limits_blas() else
-                          'no (threadpoolctl is not installed)'))
+    passes = transform_passes.select_passes(xp)
+    if xp is not numpy:
+        print('MN transform: {}'.format(passes.__name__))
+    elif passes is transform_passes.ArrayPasses:
+        print('MN transform: ArrayPasses, {} thread(s), BLAS on one thread '
+              'in its loops: {}'.format(
+                  batch_blocks.n_threads(),
+                  'yes' if batch_blocks.limits_blas() else
+                  'no (threadpoolctl is not installed)'))
+    else:
+        print('MN transform: {}, {} thread(s)'.format(
+            passes.__name__, cpu_kernels.n_threads()))
     header = ('form', 'N', 'C', 'K', 'ratio', 'BN ms', 'MN ms', 'MN/BN',
               'BN MiB', 'MN MiB', 'mem MN/BN')
     rows = []
@@ -171,6 +154,50 @@ def main(argv=None):
         print('{}: worst MN/BN at K={}: time {:.2f}, memory {:.2f} '
               '(device: {})'.format(form, k_max, max(r[7] for r in at_k),
                                     max(r[10] for r in at_k), device))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--device', '-d', default='-1',
+                        help='Chainer device specifier (-1: CPU)')
+    parser.add_argument('--repeats', type=int, default=10,
+                        help='Timed calls of each layer per row')
+    parser.add_argument('--batches', type=int, nargs='+', default=[64, 128])
+    parser.add_argument('--channels', type=int, nargs='+', default=[196, 448])
+    parser.add_argument('--components', type=int, nargs='+',
+                        default=[2, 3, 4, 5])
+    parser.add_argument('--sample-ratios', type=float, nargs='+',
+                        default=[1.0, 0.25])
+    parser.add_argument('--relu', choices=('off', 'on', 'both'),
+                        default='both',
+                        help='Rows of the plain transform (off: Eq. 34), of '
+                        'the per-component ReLU (on: Eq. 40, then ReLU, '
+                        'against BN then ReLU), or both')
+    parser.add_argument('--em-iter', type=int, default=2)
+    parser.add_argument('--transform', choices=('fused', 'array'),
+                        default='fused',
+                        help='The loops of the MN transform: its fused '
+                        'kernels where they apply (C on the CPU, CUDA on '
+                        'a GPU), or array operations over blocks (the '
+                        'reference; the fit is the same)')
+    parser.add_argument('--clock', choices=sorted(interleave.CLOCKS),
+                        default='wall',
+                        help='Time with the wall clock, or with the CPU '
+                        'time of the process (all threads: steadier on a '
+                        'shared machine)')
+    parser.add_argument('--no-memory', action='store_true',
+                        help='Skip the peak-memory measurement')
+    parser.add_argument('--markdown', action='store_true')
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error('--repeats must be at least 1')
+
+    previous = transform_passes.USE_KERNELS
+    transform_passes.USE_KERNELS = args.transform == 'fused'
+    try:
+        _run(args)
+    finally:
+        transform_passes.USE_KERNELS = previous
 
 
 if __name__ == '__main__':

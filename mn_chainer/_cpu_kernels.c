@@ -1,12 +1,15 @@
 /*
- * Fused CPU kernels of the mixture fit (mn_chainer.gmm on NumPy).
+ * Fused CPU kernels of the mixture fit (mn_chainer.gmm on NumPy) and of the
+ * Mixture Normalizing Transform (mn_chainer.functions on NumPy).
  *
  * Plain C99 (no Python or NumPy API in the kernels): the extension module
  * below exists so that setuptools builds and installs the shared library,
  * and gives the address of an array's data cheaply;
- * mn_chainer/cpu_kernels.py loads the library with ctypes, checks every
- * argument and runs row ranges on several threads.  The kernels are
- * instantiated for float and double from _cpu_kernels_impl.h.  On x86-64
+ * mn_chainer/cpu_kernels.py loads the library with ctypes, and it and
+ * mn_chainer/transform_kernels.py check every argument and run chunks of
+ * rows on several threads.  The kernels are instantiated for float and
+ * double from _cpu_kernels_impl.h (the fit) and _transform_kernels_impl.h
+ * (the transform).  On x86-64
  * Linux with GCC 12 or later every kernel is compiled for AVX-512
  * (x86-64-v4), AVX2 + FMA (x86-64-v3) and the baseline, the one the CPU
  * supports being picked when the library loads.
@@ -66,6 +69,14 @@ _Static_assert(MN_FLUSH_ROWS % MN_TILE == 0,
  */
 #define MN_VECTOR_BYTES 64
 
+/*
+ * Points of a line that the transform's kernels handle at once
+ * (_transform_kernels_impl.h): a segment's values stay in the L1 cache
+ * while the components are looped over, and its REAL partial sums (at
+ * most this many products) are added to double totals.
+ */
+#define MN_SEGMENT 64
+
 /* float: the exact forms; double: the fused ones (_cpu_kernels_impl.h). */
 #define REAL float
 #define NAME(n) n##_f32
@@ -73,6 +84,7 @@ _Static_assert(MN_FLUSH_ROWS % MN_TILE == 0,
 #define LOG logf
 #define MN_FUSED_FORMS 0
 #include "_cpu_kernels_impl.h"
+#include "_transform_kernels_impl.h"
 #undef REAL
 #undef NAME
 #undef EXP
@@ -85,6 +97,7 @@ _Static_assert(MN_FLUSH_ROWS % MN_TILE == 0,
 #define LOG log
 #define MN_FUSED_FORMS 1
 #include "_cpu_kernels_impl.h"
+#include "_transform_kernels_impl.h"
 #undef REAL
 #undef NAME
 #undef EXP
@@ -115,8 +128,8 @@ static PyMethodDef mn_cpu_kernels_methods[] = {
 
 static struct PyModuleDef mn_cpu_kernels_module = {
     PyModuleDef_HEAD_INIT, "_cpu_kernels",
-    "Fused CPU kernels of mn_chainer.gmm (loaded with ctypes by "
-    "mn_chainer.cpu_kernels).",
+    "Fused CPU kernels of mn_chainer.gmm and of the transform (loaded with "
+    "ctypes by mn_chainer.cpu_kernels).",
     -1, mn_cpu_kernels_methods, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__cpu_kernels(void)

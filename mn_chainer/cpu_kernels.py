@@ -38,6 +38,12 @@ added in chunk order at the end, so that the results never depend on the
 threads.  :func:`available` is False where the extension is not built or
 ``MN_CHAINER_CPU_KERNELS=0`` is set; the fit then runs its NumPy path
 (:func:`mn_chainer.fit_passes.select_passes`).
+
+The same library holds the transform's kernels
+(``_transform_kernels_impl.h``), which :mod:`mn_chainer.transform_kernels`
+runs with this module's loader and threads: :func:`function` (an exported
+function), :func:`address`, :func:`chunk_bounds`, :func:`run_chunks` and
+:class:`PartBuffers`.
 """
 import concurrent.futures
 import ctypes
@@ -76,6 +82,13 @@ _SIGNATURES = {  # None: the floating type of the kernel
                    _I64, _PTR, _I64, _I64, _PTR, _I64, _PTR),
     'mn_log_resp': (_PTR, _PTR, _PTR, _PTR, _PTR, None, _PTR, _PTR, _PTR,
                     _I64, _I64, _PTR, _I64, _PTR),
+    # The transform's (mn_chainer.transform_kernels).
+    'mn_mix_sums': (_PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _I64, _I64,
+                    _I64, _I64, _PTR, _I64, _PTR),
+    'mn_mix_forward': (_PTR, _PTR, _PTR, _PTR, _PTR, _I64, _PTR, _I64, _I64,
+                       _I64, _PTR, _I64, _PTR),
+    'mn_mix_grad_x': (_PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR,
+                      _PTR, _I64, _I64, _I64, _PTR, _I64, _PTR),
 }
 #: Exported functions returning an int64, with their argument types.
 _SIZE_SIGNATURES = {
@@ -146,7 +159,7 @@ def _pool(workers):
         return _pools[workers]
 
 
-def _chunks(m, d, work=1):
+def chunk_bounds(m, d, work=1):
     """The bounds ``(n + 1,)`` of the chunks of rows of a pass over ``m``
     rows of ``d`` values with ``work`` operations per value
     (:data:`CHUNK_WORK`, :data:`MAX_CHUNKS`)."""
@@ -159,13 +172,14 @@ def _threads(bounds):
     return min(n_threads(), len(bounds) - 1)
 
 
-def _run(call, bounds):
+def run_chunks(call, bounds):
     """``call(thread, bounds, n_chunks, next)`` on every thread of a pass
-    (this one first, :func:`_threads`), the chunks' addresses and the
+    over the chunks ``bounds`` (:func:`chunk_bounds`; this thread first,
+    :func:`_threads`): the thread's index, the chunks' addresses and the
     counter from which the threads take them in turn (``MN_EACH_CHUNK``
     of ``_cpu_kernels.c``)."""
     taken = numpy.zeros(1, dtype=numpy.int64)
-    chunks = (_addr(bounds), len(bounds) - 1, _addr(taken))
+    chunks = (address(bounds), len(bounds) - 1, address(taken))
     threads = _threads(bounds)
     futures = [_pool(threads - 1).submit(call, p, *chunks)
                for p in range(1, threads)]
@@ -174,15 +188,15 @@ def _run(call, bounds):
         future.result()
 
 
-class _Parts(object):
+class PartBuffers(object):
 
-    """Zeroed buffers of ``shape``, one per part (a chunk of rows, or a
-    thread), at least one cache line (64 bytes) apart: threads adding into
-    neighbouring bytes of one line would take the line from each other at
-    every row.  ``addr`` is the address of part 0's buffer, ``step`` the
-    values from one part's to the next's (what the kernels take),
-    :meth:`addr_of` part ``p``'s address, :meth:`sum` the sum of the parts
-    in their order."""
+    """Zeroed buffers of ``shape``, one per part (a chunk of rows: its sums,
+    or a thread: its scratch), at least one cache line (64 bytes) apart:
+    threads adding into neighbouring bytes of one line would take the line
+    from each other at every row.  ``addr`` is the address of part 0's
+    buffer, ``step`` the values from one part's to the next's (what the
+    kernels take), :meth:`addr_of` part ``p``'s address, :meth:`sum` the
+    sum of the parts in their order."""
 
     def __init__(self, parts, shape, dtype):
         itemsize = numpy.dtype(dtype).itemsize
@@ -190,7 +204,7 @@ class _Parts(object):
         self._size = math.prod(shape)
         self._pad = 128 // itemsize
         self.block = numpy.zeros((parts, self._size + self._pad), dtype)
-        self.addr = _addr(self.block) + self._pad // 2 * itemsize
+        self.addr = address(self.block) + self._pad // 2 * itemsize
         self.step = self.block.shape[1]
         self._itemsize = itemsize
 
@@ -206,16 +220,20 @@ class _Parts(object):
 def _scratch(parts, d, k, dtype):
     """The E-step kernels' scratch buffers, one per thread, of the size the
     C side asks for (``mn_scratch_size``)."""
-    return _Parts(parts, (_function('mn_scratch_size', dtype)(d, k),), dtype)
+    return PartBuffers(parts, (function('mn_scratch_size', dtype)(d, k),),
+                       dtype)
 
 
 @functools.lru_cache(maxsize=None)
-def _function(name, dtype):
+def function(name, dtype):
+    """The exported C function ``name`` for ``dtype`` (float32 or float64),
+    its argument types set."""
     return getattr(_library(), '{}_{}'.format(name, _SUFFIX[dtype]))
 
 
-def _addr(a):
-    """The address of the data of ``a``, a contiguous array."""
+def address(a):
+    """The address of the data of ``a``, a contiguous array (what the C
+    functions take)."""
     return _extension().address(a)
 
 
@@ -283,19 +301,19 @@ def column_sums(points, first=None):
         ``(m,)`` or None.
     """
     m, d = _check_points(points)
-    bounds = _chunks(m, d, 1 if first is None else 2)
-    sums = _Parts(len(bounds) - 1, (d,), numpy.float64)
-    amax = _Parts(len(bounds) - 1, (d,), points.dtype)
+    bounds = chunk_bounds(m, d, 1 if first is None else 2)
+    sums = PartBuffers(len(bounds) - 1, (d,), numpy.float64)
+    amax = PartBuffers(len(bounds) - 1, (d,), points.dtype)
     d2 = first_addr = d2_addr = None
     if first is not None:
         first = _as('first', first, points.dtype, (d,))
         d2 = numpy.empty(m, dtype=points.dtype)
-        first_addr, d2_addr = _addr(first), _addr(d2)
-    fn = _function('mn_column_sums', points.dtype)
-    address = _addr(points)
-    _run(lambda p, *chunks: fn(address, first_addr, sums.addr, sums.step,
-                               amax.addr, amax.step, d2_addr, d, *chunks),
-         bounds)
+        first_addr, d2_addr = address(first), address(d2)
+    fn = function('mn_column_sums', points.dtype)
+    points_addr = address(points)
+    run_chunks(lambda p, *chunks: fn(points_addr, first_addr, sums.addr,
+                                     sums.step, amax.addr, amax.step,
+                                     d2_addr, d, *chunks), bounds)
     return sums.sum(), float(numpy.max(amax.block, initial=0)), d2
 
 
@@ -317,12 +335,13 @@ def candidate_d2(x, candidates, closest_d2):
     t = candidates.shape[0]
     closest_d2 = _as('closest_d2', closest_d2, x.dtype, (m,))
     out = numpy.empty((t, m), dtype=x.dtype)
-    bounds = _chunks(m, d, t)
-    potentials = _Parts(len(bounds) - 1, (t,), numpy.float64)
-    fn = _function('mn_candidate_d2', x.dtype)
-    addresses = [_addr(a) for a in (x, candidates, closest_d2, out)]
-    _run(lambda p, *chunks: fn(*addresses, potentials.addr, potentials.step,
-                               m, d, t, *chunks), bounds)
+    bounds = chunk_bounds(m, d, t)
+    potentials = PartBuffers(len(bounds) - 1, (t,), numpy.float64)
+    fn = function('mn_candidate_d2', x.dtype)
+    addresses = [address(a) for a in (x, candidates, closest_d2, out)]
+    run_chunks(lambda p, *chunks: fn(*addresses, potentials.addr,
+                                     potentials.step, m, d, t, *chunks),
+               bounds)
     return out, potentials.sum()
 
 
@@ -368,22 +387,22 @@ class Seeding(object):
         self._cum = numpy.empty(m, dtype=numpy.float64)
         self._bounds = None
         self._t = None
-        self._keep = _function('mn_seed_keep', points.dtype)
-        self._keep(None, None, 0, 0, 0, _addr(self.closest),
-                   _addr(self.labels), _addr(self._cum), m, 0)
+        self._keep = function('mn_seed_keep', points.dtype)
+        self._keep(None, None, 0, 0, 0, address(self.closest),
+                   address(self.labels), address(self._cum), m, 0)
 
     def _buffers(self, t):
         """The round's buffers for ``t`` candidates, and their addresses."""
         m, d = self.points.shape
         self._t = t
-        self._bounds = _chunks(m, d, t)
+        self._bounds = chunk_bounds(m, d, t)
         self._u = numpy.empty(t, dtype=numpy.float64)
         self._index = numpy.empty(t, dtype=numpy.int64)
         self._cand = numpy.empty((t, d), dtype=self.points.dtype)
         self._out = numpy.empty((t, m), dtype=self.points.dtype)
-        self._potentials = _Parts(len(self._bounds) - 1, (t,),
-                                  numpy.float64)
-        self._addrs = {name: _addr(getattr(self, name)) for name in (
+        self._potentials = PartBuffers(len(self._bounds) - 1, (t,),
+                                       numpy.float64)
+        self._addrs = {name: address(getattr(self, name)) for name in (
             'points', 'closest', 'labels', '_cum', '_u', '_index', '_cand',
             '_out')}
 
@@ -398,7 +417,7 @@ class Seeding(object):
         m, d = self.points.shape
         a = self._addrs
         self._u[:] = uniforms
-        _function('mn_seed_draw', self.points.dtype)(
+        function('mn_seed_draw', self.points.dtype)(
             a['points'], a['_cum'], a['_u'], a['_index'], a['_cand'], m, d, t)
         return self._index
 
@@ -411,8 +430,8 @@ class Seeding(object):
         dtype = self.points.dtype
         a = self._addrs
         potentials = self._potentials
-        fn = _function('mn_candidate_d2', dtype)
-        _run(lambda p, *chunks: fn(
+        fn = function('mn_candidate_d2', dtype)
+        run_chunks(lambda p, *chunks: fn(
             a['points'], a['_cand'], a['closest'], a['_out'], potentials.addr,
             potentials.step, m, d, t, *chunks), self._bounds)
         best = self._keep(a['_out'], potentials.addr, len(self._bounds) - 1,
@@ -440,13 +459,14 @@ def cluster_sums(points, shift, labels, n_components):
     labels = _as('labels', labels, numpy.int64, (m,))
     if m and (labels.min() < 0 or labels.max() >= n_components):
         raise ValueError('labels must lie in [0, {})'.format(n_components))
-    bounds = _chunks(m, d)
-    sums = _Parts(len(bounds) - 1, (n_components, 2 * d), numpy.float64)
-    counts = _Parts(len(bounds) - 1, (n_components,), numpy.float64)
-    fn = _function('mn_cluster_sums', points.dtype)
-    addresses = [_addr(a) for a in (points, shift, labels)]
-    _run(lambda p, *chunks: fn(*addresses, sums.addr, sums.step, counts.addr,
-                               counts.step, d, *chunks), bounds)
+    bounds = chunk_bounds(m, d)
+    sums = PartBuffers(len(bounds) - 1, (n_components, 2 * d), numpy.float64)
+    counts = PartBuffers(len(bounds) - 1, (n_components,), numpy.float64)
+    fn = function('mn_cluster_sums', points.dtype)
+    addresses = [address(a) for a in (points, shift, labels)]
+    run_chunks(lambda p, *chunks: fn(*addresses, sums.addr, sums.step,
+                                     counts.addr, counts.step, d, *chunks),
+               bounds)
     return counts.sum(), sums.sum()
 
 
@@ -476,16 +496,17 @@ def em_sums(points, shift, mixture):
     """
     m, d, k, shift, a, b, log_const = _e_step_arguments(
         points, shift, mixture)
-    bounds = _chunks(m, d, k)
-    sums = _Parts(len(bounds) - 1, (k, 2 * d), numpy.float64)
-    nk = _Parts(len(bounds) - 1, (k,), numpy.float64)
+    bounds = chunk_bounds(m, d, k)
+    sums = PartBuffers(len(bounds) - 1, (k, 2 * d), numpy.float64)
+    nk = PartBuffers(len(bounds) - 1, (k,), numpy.float64)
     scratch = _scratch(_threads(bounds), d, k, points.dtype)
-    fn = _function('mn_em_sums', points.dtype)
+    fn = function('mn_em_sums', points.dtype)
     floor = mixture_steps.log_floor(points.dtype)
-    addresses = [_addr(v) for v in (points, shift, a, b, log_const)]
-    _run(lambda p, *chunks: fn(*addresses, floor, sums.addr, sums.step,
-                               nk.addr, nk.step, scratch.addr_of(p), d, k,
-                               *chunks), bounds)
+    addresses = [address(v) for v in (points, shift, a, b, log_const)]
+    run_chunks(lambda p, *chunks: fn(*addresses, floor, sums.addr,
+                                     sums.step, nk.addr, nk.step,
+                                     scratch.addr_of(p), d, k, *chunks),
+               bounds)
     centres = None
     if points.dtype != numpy.float64:
         centres = a.astype(numpy.float64)
@@ -502,14 +523,14 @@ def log_resp(points, shift, mixture):
     """
     m, d, k, shift, a, b, log_const = _e_step_arguments(
         points, shift, mixture)
-    bounds = _chunks(m, d, k)
+    bounds = chunk_bounds(m, d, k)
     out = numpy.empty((m, k), dtype=points.dtype)
     log_norm = numpy.empty(m, dtype=points.dtype)
     scratch = _scratch(_threads(bounds), d, k, points.dtype)
-    fn = _function('mn_log_resp', points.dtype)
+    fn = function('mn_log_resp', points.dtype)
     floor = mixture_steps.log_floor(points.dtype)
-    addresses = [_addr(v) for v in (points, shift, a, b, log_const)]
-    _run(lambda p, *chunks: fn(*addresses, floor, _addr(out),
-                               _addr(log_norm), scratch.addr_of(p), d, k,
-                               *chunks), bounds)
+    addresses = [address(v) for v in (points, shift, a, b, log_const)]
+    run_chunks(lambda p, *chunks: fn(*addresses, floor, address(out),
+                                     address(log_norm), scratch.addr_of(p),
+                                     d, k, *chunks), bounds)
     return out, log_norm

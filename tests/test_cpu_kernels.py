@@ -403,13 +403,13 @@ def test_address_of_array_data(kernels):
     address of the data of any contiguous array, read-only ones included;
     a strided view is refused before it can reach C."""
     a = numpy.arange(12.0).reshape(3, 4)
-    assert kernels._addr(a) == a.ctypes.data
-    assert kernels._addr(a[1]) == a.ctypes.data + 4 * 8
+    assert kernels.address(a) == a.ctypes.data
+    assert kernels.address(a[1]) == a.ctypes.data + 4 * 8
     read_only = numpy.ones(5, numpy.float32)
     read_only.flags.writeable = False
-    assert kernels._addr(read_only) == read_only.ctypes.data
+    assert kernels.address(read_only) == read_only.ctypes.data
     with pytest.raises(ValueError, match='contiguous'):
-        kernels._addr(a[:, ::2])
+        kernels.address(a[:, ::2])
 
 
 def test_threads_and_chunks(kernels, monkeypatch):
@@ -424,18 +424,18 @@ def test_threads_and_chunks(kernels, monkeypatch):
         kernels.n_threads()
     monkeypatch.setenv('MN_CHAINER_CPU_THREADS', '4')
     d = kernels.CHUNK_WORK // 64
-    assert kernels._chunks(64, d).tolist() == [0, 64]
-    assert kernels._chunks(64, d - 1, 2).tolist() == [0, 64]
-    assert kernels._chunks(64, d, 2).tolist() == [0, 32, 64]
-    assert kernels._threads(kernels._chunks(64, d, 2)) == 2
-    bounds = kernels._chunks(1001, d, 100)
+    assert kernels.chunk_bounds(64, d).tolist() == [0, 64]
+    assert kernels.chunk_bounds(64, d - 1, 2).tolist() == [0, 64]
+    assert kernels.chunk_bounds(64, d, 2).tolist() == [0, 32, 64]
+    assert kernels._threads(kernels.chunk_bounds(64, d, 2)) == 2
+    bounds = kernels.chunk_bounds(1001, d, 100)
     assert len(bounds) == kernels.MAX_CHUNKS + 1
     assert kernels._threads(bounds) == 4
     assert bounds[0] == 0 and bounds[-1] == 1001
     assert (numpy.diff(bounds) > 0).all()
-    assert kernels._chunks(3, d, 100).tolist() == [0, 1, 2, 3]
+    assert kernels.chunk_bounds(3, d, 100).tolist() == [0, 1, 2, 3]
     monkeypatch.setenv('MN_CHAINER_CPU_THREADS', '1')
-    assert kernels._chunks(1001, d, 100).tolist() == bounds.tolist()
+    assert kernels.chunk_bounds(1001, d, 100).tolist() == bounds.tolist()
 
 
 @pytest.mark.parametrize('dtype', DTYPES)

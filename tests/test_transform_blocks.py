@@ -1,18 +1,21 @@
-"""The transform computed block by block (issue 19), against references.
+"""The transform's CPU passes against references (issue 19).
 
 On NumPy the forward and backward passes of
-:func:`mn_chainer.functions.mixture_normalization` visit the batch in blocks
-of about :data:`mn_chainer.functions.batch_blocks.BLOCK_BYTES` bytes, shared
-among threads, and the per-component ReLU of Eq. 40 is evaluated through
-thresholds on ``sign(gamma) x``.  These tests shrink the blocks to one or a
-few samples (with a last, shorter block) and check every output against the
-float64 references of :mod:`mn_reference` (written from the equations), with
+:func:`mn_chainer.functions.mixture_normalization` run as the C kernels of
+:mod:`mn_chainer.transform_kernels` where the extension is built, else as
+array operations over blocks of about
+:data:`mn_chainer.functions.batch_blocks.BLOCK_BYTES` bytes shared among
+threads (:mod:`mn_chainer.functions.transform_passes`).  The function-level
+tests here run on both paths (the *splits*): the array passes with blocks
+of one or a few samples (a last, shorter block) or the whole batch, and the
+C kernels in one chunk or cut into uneven chunks of lines on three threads.
+They check every output against the float64 references of
+:mod:`mn_reference` (written from the equations), with
 ``chainer.gradient_check``, with Chainer's batch normalization (followed by
-ReLU) at ``K = 1``, and with the same transform computed in one block; the
-scale ``gamma`` takes negative and zero values, where the thresholds flip or
-vanish.
+ReLU) at ``K = 1``; the scale ``gamma`` takes negative and zero values,
+where the thresholds of Eq. 40's masks flip or vanish.  The rest checks the
+blocks themselves (``tests/test_transform_kernels.py`` the kernels).
 """
-import importlib
 import unittest
 
 import numpy
@@ -27,87 +30,62 @@ import backends
 from backends import skip_gpu_tests_without_gpu  # NOQA: F401 (fixture)
 import mn_chainer.functions as MF
 from mn_chainer.functions import batch_blocks
+from mn_chainer.functions import transform_passes
 import mn_reference
+from transform_cases import assert_all_close
+from transform_cases import expected as _expected
+from transform_cases import forward_backward as _forward_backward
+from transform_cases import inputs as _inputs
+from transform_cases import NAMES
+from transform_cases import SIGNED_BETA
+from transform_cases import SIGNED_GAMMA
+import transform_cases
 
 
-# The module (its name is also the function's, which the package exports).
-mn_module = importlib.import_module(
-    'mn_chainer.functions.mixture_normalization')
+#: The CPU paths and how they cut the batch (see :func:`split`).
+SPLITS = ['array, 1 sample per block', 'array, 3 samples per block',
+          'array, one block', 'c, one chunk', 'c, chunks on three threads']
 
 
-#: Block sizes in samples: one per block, three (the last block shorter),
-#: and the whole batch.
-SAMPLES_PER_BLOCK = [1, 3, None]
+def _set_blocks(monkeypatch, x, samples):
+    sample_bytes = x[0].size * max(x.dtype.itemsize, 4)
+    monkeypatch.setattr(batch_blocks, 'BLOCK_BYTES',
+                        1 << 40 if samples is None
+                        else samples * sample_bytes)
 
 
 @pytest.fixture
 def blocks_of(monkeypatch):
-    """Sets the blocks to ``samples`` samples of ``x`` (None: one block)."""
-    def set_blocks(x, samples):
-        sample_bytes = x[0].size * max(x.dtype.itemsize, 4)
-        monkeypatch.setattr(batch_blocks, 'BLOCK_BYTES',
-                            1 << 40 if samples is None
-                            else samples * sample_bytes)
-    return set_blocks
+    """The array passes, their blocks ``samples`` samples of ``x`` (None:
+    one block)."""
+    transform_cases.use_path(monkeypatch, 'array')
+    return lambda x, samples: _set_blocks(monkeypatch, x, samples)
 
 
-def _inputs(shape, k, seed=0, dtype=numpy.float64, gamma=None):
-    rs = numpy.random.RandomState(seed)
-    n, c = shape[:2]
-    modes = rs.randint(0, k, size=(n, 1) + shape[2:])
-    x = rs.randn(*shape) + 2.0 * modes
-    tau = rs.rand(n, k, *shape[2:]) ** 3 + 1e-3
-    tau /= tau.sum(axis=1, keepdims=True)
-    if gamma is None:
-        gamma = rs.uniform(0.5, 1.5, c)
-    beta = rs.uniform(-0.5, 0.5, c)
-    gy = rs.randn(*shape)
-    return tuple(numpy.asarray(a, dtype=dtype)
-                 for a in (x, tau, gamma, beta, gy))
+@pytest.fixture(params=SPLITS)
+def split(request, monkeypatch):
+    """``split(x)`` runs the transform on one of :data:`SPLITS` for ``x``.
+    """
+    path, how = request.param.split(', ')
+    transform_cases.use_path(monkeypatch, path)
+    if how == 'chunks on three threads':
+        transform_cases.split_chunks(monkeypatch)
+
+    def apply(x):
+        if path == 'array':
+            _set_blocks(monkeypatch, x, None if how == 'one block'
+                        else int(how.split()[0]))
+    return apply
 
 
-def _forward_backward(x, tau, gamma, beta, gy, relu, **kwargs):
-    xv, gv, bv = (chainer.Variable(a.copy()) for a in (x, gamma, beta))
-    y = MF.mixture_normalization(xv, tau, gv, bv, relu=relu, **kwargs)
-    y.grad = gy.copy()
-    y.backward()
-    return y.array, xv.grad, gv.grad, bv.grad
-
-
-def _expected(x, tau, gamma, beta, gy, relu, eps=2e-5):
-    return (mn_reference.mixture_normalization(x, tau, gamma, beta, eps,
-                                               relu),) + \
-        mn_reference.transform_gradients(x, tau, gamma, beta, gy, eps, relu)
-
-
-def _assert_close(actual, expected, rtol, name):
-    """``|actual - expected| <= rtol * max|expected|``."""
-    expected = numpy.asarray(expected, dtype=numpy.float64)
-    bound = rtol * max(numpy.abs(expected).max(), 1e-30)
-    error = numpy.abs(numpy.asarray(actual, numpy.float64) - expected).max()
-    assert error <= bound, '{}: max error {:.3g} > {:.3g}'.format(
-        name, error, bound)
-
-
-NAMES = ('y', 'gx', 'ggamma', 'gbeta')
-
-# A scale of every sign; channel 2 (gamma = 0, beta > 0) is always on,
-# channel 4 (gamma = 0, beta < 0) always off.
-SIGNED_GAMMA = numpy.array([1.3, -0.7, 0.0, 0.4, 0.0, -1.1])
-SIGNED_BETA = numpy.array([0.2, -0.3, 0.5, 0.0, -0.4, 0.3])
-
-
-@pytest.mark.parametrize('samples', SAMPLES_PER_BLOCK)
 @pytest.mark.parametrize('relu', [False, True])
 @pytest.mark.parametrize('shape', [(7, 3, 4, 4), (11, 5), (5, 4, 3),
                                    (4, 2, 2, 3, 2)])
-def test_blocks_match_float64_equations(blocks_of, shape, relu, samples):
+def test_matches_float64_equations(split, shape, relu):
     x, tau, gamma, beta, gy = _inputs(shape, 3)
-    blocks_of(x, samples)
-    for name, a, b in zip(NAMES, _forward_backward(x, tau, gamma, beta, gy,
-                                                   relu),
-                          _expected(x, tau, gamma, beta, gy, relu)):
-        _assert_close(a, b, 1e-10, name)
+    split(x)
+    assert_all_close(_forward_backward(x, tau, gamma, beta, gy, relu),
+                     _expected(x, tau, gamma, beta, gy, relu), 1e-10)
 
 
 @pytest.mark.parametrize('samples', [1, 3])
@@ -117,21 +95,18 @@ def test_blocks_equal_one_block(blocks_of, relu, samples):
     blocks_of(x, None)
     whole = _forward_backward(x, tau, gamma, beta, gy, relu)
     blocks_of(x, samples)
-    for name, a, b in zip(NAMES, _forward_backward(x, tau, gamma, beta, gy,
-                                                   relu), whole):
-        _assert_close(a, b, 1e-13, name)
+    assert_all_close(_forward_backward(x, tau, gamma, beta, gy, relu),
+                     whole, 1e-13)
 
 
-@pytest.mark.parametrize('samples', [1, None])
 @pytest.mark.parametrize('shape', [(6, 6, 3, 3), (9, 6)])
-def test_relu_with_negative_and_zero_gamma(blocks_of, shape, samples):
+def test_relu_with_negative_and_zero_gamma(split, shape):
     x, tau, _, _, gy = _inputs(shape, 3, seed=2)
     gamma, beta = SIGNED_GAMMA, SIGNED_BETA
-    blocks_of(x, samples)
-    y, gx, ggamma, gbeta = _forward_backward(x, tau, gamma, beta, gy, True)
-    for name, a, b in zip(NAMES, (y, gx, ggamma, gbeta),
-                          _expected(x, tau, gamma, beta, gy, True)):
-        _assert_close(a, b, 1e-10, name)
+    split(x)
+    ours = _forward_backward(x, tau, gamma, beta, gy, True)
+    assert_all_close(ours, _expected(x, tau, gamma, beta, gy, True), 1e-10)
+    y = ours[0]
     # gamma = 0: the output is relu(beta) times sum_k a_ik.
     assert (y[:, 4] == 0).all()
     assert (y[:, 2] > 0).all()
@@ -149,7 +124,8 @@ def test_relu_with_negative_and_zero_gamma(blocks_of, shape, samples):
 class TestSignedGammaOnEveryBackend(unittest.TestCase):
 
     """The thresholds of Eq. 40 with negative and zero ``gamma`` on NumPy
-    and CuPy (where the batch is one block)."""
+    and CuPy, on each one's default passes (C or CUDA kernels where they
+    apply)."""
 
     def test_forward_and_backward(self, backend_config):
         x, tau, _, _, gy = _inputs(self.shape, 3, seed=2)
@@ -160,20 +136,20 @@ class TestSignedGammaOnEveryBackend(unittest.TestCase):
                                      bv, relu=True)
         y.grad = backend_config.get_array(gy)
         y.backward()
-        for name, a, b in zip(NAMES, (y, xv.grad, gv.grad, bv.grad),
-                              _expected(x, tau, gamma, beta, gy, True)):
-            _assert_close(backends.to_cpu(a), b, 1e-10, name)
+        assert_all_close(
+            [backends.to_cpu(a) for a in (y.array, xv.grad, gv.grad,
+                                          bv.grad)],
+            _expected(x, tau, gamma, beta, gy, True), 1e-10)
 
 
-@pytest.mark.parametrize('samples', [1, 2, None])
 @pytest.mark.parametrize('relu', [False, True])
-def test_k1_is_batch_normalization(blocks_of, relu, samples):
+def test_k1_is_batch_normalization(split, relu):
     x, _, _, _, gy = _inputs((5, 6, 3, 3), 1, seed=3,
                              dtype=numpy.float32)
     gamma = SIGNED_GAMMA.astype(numpy.float32)
     beta = SIGNED_BETA.astype(numpy.float32)
     tau = numpy.ones((5, 1, 3, 3), dtype=numpy.float32)
-    blocks_of(x, samples)
+    split(x)
     ours = _forward_backward(x, tau, gamma, beta, gy, relu)
     xv, gv, bv = (chainer.Variable(a.copy()) for a in (x, gamma, beta))
     y = F.batch_normalization(xv, gv, bv, eps=2e-5)
@@ -187,10 +163,9 @@ def test_k1_is_batch_normalization(blocks_of, relu, samples):
                                       err_msg=name)
 
 
-@pytest.mark.parametrize('samples', [1, 3])
 @pytest.mark.parametrize('relu', [False, True])
-def test_float32_far_from_zero_in_blocks(blocks_of, relu, samples):
-    """The shifted sums (issue 14) hold block by block: activations 1e4
+def test_float32_far_from_zero(split, relu):
+    """The shifted sums (issue 14) hold on every split: activations 1e4
     standard deviations from zero, float32 against float64."""
     rs = numpy.random.RandomState(4)
     x, tau, gamma, beta, gy = _inputs((8, 3, 4, 4), 3, seed=4)
@@ -199,20 +174,17 @@ def test_float32_far_from_zero_in_blocks(blocks_of, relu, samples):
     gamma = rs.uniform(-1.5, 1.5, 3)
     x32, tau32, gamma32, beta32, gy32 = (
         a.astype(numpy.float32) for a in (x, tau, gamma, beta, gy))
-    blocks_of(x32, samples)
+    split(x32)
     ours = _forward_backward(x32, tau32, gamma32, beta32, gy32, relu)
     assert all(a.dtype == numpy.float32 for a in ours)
-    expected = _expected(*(a.astype(numpy.float64) for a in (
-        x32, tau32, gamma32, beta32, gy32)), relu=relu)
-    for name, a, b in zip(NAMES, ours, expected):
-        _assert_close(a, b, 2e-6, name)
+    assert_all_close(ours, _expected(*(a.astype(numpy.float64) for a in (
+        x32, tau32, gamma32, beta32, gy32)), relu=relu), 2e-6)
 
 
-@pytest.mark.parametrize('samples', [1, 3])
-def test_rectified_activations_and_dead_channel(blocks_of, samples):
+def test_rectified_activations_and_dead_channel(split):
     """Exact zeros (70% of every channel, and a dead channel) with Eq. 40,
-    float32 in blocks against float64; the output is never negative and
-    exactly zero where every component's ReLU is off."""
+    float32 against float64; the output is never negative and exactly zero
+    where every component's ReLU is off."""
     rs = numpy.random.RandomState(5)
     x, tau, gamma, beta, gy = _inputs((9, 4, 3, 3), 3, seed=5)
     x = 10 * numpy.maximum(x - numpy.quantile(x, 0.7), 0)
@@ -221,22 +193,21 @@ def test_rectified_activations_and_dead_channel(blocks_of, samples):
     gamma = rs.uniform(0.5, 1.5, 4)
     x, tau, gamma, beta, gy = (a.astype(numpy.float32)
                                for a in (x, tau, gamma, beta, gy))
-    blocks_of(x, samples)
+    split(x)
     ours = _forward_backward(x, tau, gamma, beta, gy, True)
     expected = _expected(*(a.astype(numpy.float64)
                            for a in (x, tau, gamma, beta, gy)), relu=True)
-    for name, a, b in zip(NAMES, ours, expected):
-        _assert_close(a, b, 2e-6, name)
+    assert_all_close(ours, expected, 2e-6)
     y = ours[0]
     assert (y >= 0).all()
     numpy.testing.assert_array_equal(y[expected[0] == 0], 0)
 
 
 @pytest.mark.parametrize('relu', [False, True])
-def test_float16_in_blocks(blocks_of, relu):
+def test_float16(split, relu):
     x, tau, gamma, beta, gy = _inputs((6, 3, 4, 4), 2, seed=6,
                                       dtype=numpy.float32)
-    blocks_of(x.astype(numpy.float16), 2)
+    split(x.astype(numpy.float16))
     y16 = MF.mixture_normalization(x.astype(numpy.float16),
                                    tau.astype(numpy.float16), gamma, beta,
                                    relu=relu)
@@ -280,10 +251,8 @@ def test_threads_give_the_same_bits(blocks_of, monkeypatch, threads, relu,
     several = _forward_backward(x, tau, gamma, beta, gy, relu)
     for name, a, b in zip(NAMES, several, one):
         numpy.testing.assert_array_equal(a, b, err_msg=name)
-    for name, a, b in zip(NAMES, several,
-                          _expected(x, tau, gamma, beta, gy, relu)):
-        _assert_close(a, b, 1e-10 if dtype == numpy.float64 else 2e-6,
-                      name)
+    assert_all_close(several, _expected(x, tau, gamma, beta, gy, relu),
+                     1e-10 if dtype == numpy.float64 else 2e-6)
 
 
 def test_blas_on_one_thread_while_the_loops_run(monkeypatch):
@@ -299,14 +268,15 @@ def test_blas_on_one_thread_while_the_loops_run(monkeypatch):
     before = blas_threads()
     if not before:
         pytest.skip('no BLAS library found by threadpoolctl')
+    transform_cases.use_path(monkeypatch, 'array')
     seen = []
-    expand = mn_module._expand
+    expand = transform_passes.expand
 
     def spy(*args, **kwargs):
         seen.append(blas_threads())
         return expand(*args, **kwargs)
 
-    monkeypatch.setattr(mn_module, '_expand', spy)
+    monkeypatch.setattr(transform_passes, 'expand', spy)
     x, tau, gamma, beta, gy = _inputs((4, 3, 2, 2), 2, seed=9)
     _forward_backward(x, tau, gamma, beta, gy, False)
     assert seen and all(threads == [1] * len(before) for threads in seen)
@@ -315,7 +285,7 @@ def test_blas_on_one_thread_while_the_loops_run(monkeypatch):
     def fail(*args, **kwargs):
         raise RuntimeError('in a loop')
 
-    monkeypatch.setattr(mn_module, '_expand', fail)
+    monkeypatch.setattr(transform_passes, 'expand', fail)
     with pytest.raises(RuntimeError, match='in a loop'):
         _forward_backward(x, tau, gamma, beta, gy, False)
     assert blas_threads() == before

@@ -28,11 +28,13 @@ the mixture's mean in channels where some component lies more than
 (:func:`statistics_shift`), so that exact zeros of rectified activations
 stay exact.
 
-Speed on NumPy: the forward and backward passes visit the batch in blocks
-of samples that stay in cache, shared among threads
-(:mod:`mn_chainer.functions.batch_blocks`); the per-component ReLUs of
-Eq. 40 are one comparison each, with thresholds on ``sign(gamma) x``.
-CuPy takes the batch at once.
+Speed: the function computes the per-component constants; the loops over
+the batch, two passes forward (the component sums, the output) and two
+backward (the gradient's sums, the input's gradient), run as fused kernels
+where they apply (C on NumPy, CUDA on CuPy), else as array operations over
+blocks of samples (:mod:`mn_chainer.functions.transform_passes`).  The
+per-component ReLUs of Eq. 40 enter the gradient as one comparison each,
+with thresholds on ``sign(gamma) x``.
 """
 import collections
 import numbers
@@ -47,54 +49,20 @@ from chainer.utils import argument
 from chainer.utils import type_check
 
 from mn_chainer import data_parallel
-from mn_chainer.functions import batch_blocks
+from mn_chainer.functions import transform_passes
 
 
 def _compute_dtype(dtype):
-    # float16 is computed in float32, like Chainer's batch normalization.
-    return numpy.dtype(numpy.float32) if dtype == numpy.float16 else dtype
+    # float16 is computed in float32, like Chainer's batch normalization;
+    # in the machine's byte order (what the kernels take).
+    if dtype == numpy.float16:
+        return numpy.dtype(numpy.float32)
+    return numpy.dtype(dtype).newbyteorder('=')
 
 
 def _as3d(a):
     """View ``(N, C, *spatial)`` as ``(N, C, P)``."""
     return a.reshape(a.shape[0], a.shape[1], -1)
-
-
-def _shifted(xp, x_block, shift, scratch):
-    """``x_block - shift`` over the channel axis, in ``scratch`` (the block
-    itself for no shift)."""
-    if shift is None:
-        return x_block
-    out = batch_blocks.part(scratch, x_block.shape[0])
-    xp.subtract(x_block, shift[:, None], out=out)
-    return out
-
-
-def _component_sums(xp, x3, t3):
-    """``sum_i t_ik x_ic`` as ``(K, C)``.
-
-    For ``x3`` of shape ``(N, C, P)`` and ``t3`` of shape ``(N, K, P)``:
-    one matrix product per sample (one for the batch when ``P = 1``).
-    """
-    if x3.shape[2] == 1:
-        return xp.matmul(t3[:, :, 0].T, x3[:, :, 0])
-    return xp.matmul(t3, x3.transpose(0, 2, 1)).sum(axis=0)
-
-
-def _expand(xp, w, a, out=None):
-    """``out[n, r, p] = sum_k w_rk a_nkp`` for ``w (R, K)``, ``a (B, K, P)``
-    (one matrix product per sample, one for the block when ``P = 1``).
-
-    ``out`` is scratch for at least ``B`` samples (None: a new array).
-    """
-    if out is None:
-        out = xp.empty((a.shape[0], w.shape[0], a.shape[2]), dtype=a.dtype)
-    out = batch_blocks.part(out, a.shape[0])
-    if a.shape[2] == 1:
-        xp.matmul(a[:, :, 0], w.T, out=out[:, :, 0])
-    else:
-        xp.matmul(w, a, out=out)
-    return out
 
 
 #: Squared distance from the origin, in standard deviations, beyond which
@@ -185,33 +153,15 @@ class ComponentStatistics(collections.namedtuple(
     __slots__ = ()
 
 
-def _moment_sums(xp, x3, t3, shift):
-    """``sum_i t_ik (x_i - c)`` and ``sum_i t_ik (x_i - c)^2``, ``(K, C)``.
-
-    Block by block (:mod:`~mn_chainer.functions.batch_blocks`), the
-    blocks' sums added in float64.
-    """
-    blocks = batch_blocks.Blocks(xp, x3.shape, x3.dtype)
-
-    def loop(share):
-        diff, square = blocks.scratch(), blocks.scratch()
-        for b in share:
-            xc = _shifted(xp, x3[b], shift, diff)
-            sq = xp.multiply(xc, xc,
-                             out=batch_blocks.part(square, xc.shape[0]))
-            yield xp.stack((_component_sums(xp, xc, t3[b]),
-                            _component_sums(xp, sq, t3[b])))
-
-    return blocks.sum(loop, (2, t3.shape[1], x3.shape[1])).astype(x3.dtype)
-
-
 def _sums_statistics(xp, x3, t3, eps, reducer, shift):
     """Statistics from the sums about ``shift`` (one all-reduce)."""
-    tiny = numpy.finfo(x3.dtype).tiny
-    sum_x, sum_sq = _moment_sums(xp, x3, t3, shift)
+    dtype = x3.dtype
+    tiny = numpy.finfo(dtype).tiny
+    s, sum_x, sum_sq = transform_passes.select_passes(xp)(
+        xp, x3, shift).moment_sums(t3)
     s, sum_x, sum_sq, m = data_parallel.allreduce_packed(
-        xp, reducer, t3.sum(axis=(0, 2)), sum_x, sum_sq,
-        xp.full(1, x3.shape[0] * x3.shape[2], x3.dtype))
+        xp, reducer, s.astype(dtype), sum_x.astype(dtype),
+        sum_sq.astype(dtype), xp.full(1, x3.shape[0] * x3.shape[2], dtype))
     s_safe = xp.maximum(s, tiny)[:, None]
     shifted_mean = sum_x / s_safe
     var = xp.maximum(sum_sq / s_safe - shifted_mean * shifted_mean, 0)
@@ -274,61 +224,7 @@ def _coefficients(xp, t3, s, m):
     return t3 * (xp.sqrt(m / s_safe) * (s > 0))[None, :, None]
 
 
-def _apply_forward(xp, x3, a, gamma, beta, stats, relu):
-    """Eqs. 34 + 37 (``relu=False``) or Eq. 40 (``relu=True``).
-
-    Evaluated on ``x - shift`` with the means relative to the shift
-    (``stats.shifted_mean``; a common translation changes nothing), block
-    by block (:mod:`~mn_chainer.functions.batch_blocks`).  With
-    ``scale_k = gamma inv_std_k`` and ``offset_k = beta - scale_k mean_k``,
-    component ``k`` gives ``z_ik = scale_k x_i + offset_k``.
-    """
-    blocks = batch_blocks.Blocks(xp, x3.shape, x3.dtype)
-    channels, n_components = x3.shape[1], a.shape[1]
-    scale = gamma * stats.inv_std
-    offset = beta - scale * stats.shifted_mean
-    shift = stats.shift
-    y = xp.empty(x3.shape, dtype=x3.dtype)
-    if not relu:
-        # Linear in x: y_i = x_i sum_k a_ik scale_k + sum_k a_ik offset_k,
-        # both sums from one small product per sample.
-        w = xp.concatenate((scale, offset), axis=1).T
-
-        def loop(share):
-            expanded = blocks.scratch(2 * channels)
-            for b in share:
-                e = _expand(xp, w, a[b], expanded)
-                yb = y[b]
-                xp.multiply(_shifted(xp, x3[b], shift, yb), e[:, :channels],
-                            out=yb)
-                yb += e[:, channels:]
-                yield
-    else:
-        scale = blocks.per_channel(scale)
-        offset = blocks.per_channel(offset)
-
-        def loop(share):
-            diff, z = blocks.scratch(), blocks.scratch()
-            for b in share:
-                xc = _shifted(xp, x3[b], shift, diff)
-                ab, yb = a[b], y[b]
-                if n_components == 0:
-                    yb[...] = 0
-                for k in range(n_components):
-                    # a_ik relu(z_ik), accumulated into y.
-                    zk = yb if k == 0 else batch_blocks.part(z, xc.shape[0])
-                    xp.multiply(xc, scale[k], out=zk)
-                    zk += offset[k]
-                    xp.maximum(zk, 0, out=zk)
-                    zk *= ab[:, k:k + 1]
-                    if k:
-                        yb += zk
-                yield
-    blocks.map(loop)
-    return y
-
-
-def _relu_thresholds(xp, gamma, scale, offset):
+def _relu_mask(xp, gamma, scale, offset):
     """Where the per-component ReLUs of Eq. 40 are on, as thresholds.
 
     ``z_ik = scale_k x_i + offset_k > 0`` exactly where
@@ -339,14 +235,15 @@ def _relu_thresholds(xp, gamma, scale, offset):
     component instead of three operations.
 
     Returns:
-        tuple: ``sign(gamma)`` ``(C,)``, or None when ``gamma > 0``
-        everywhere, and the thresholds ``(K, C)``.
+        ~mn_chainer.functions.transform_passes.ReluMask: ``sign(gamma)``
+        ``(C,)``, or None when ``gamma > 0`` everywhere, and the thresholds
+        ``(K, C)``.
     """
     magnitude = xp.abs(scale)
     zero = magnitude == 0
     thresholds = -offset / xp.where(zero, 1, magnitude)
     sign = None if bool((gamma > 0).all()) else xp.sign(gamma)
-    return sign, thresholds
+    return transform_passes.ReluMask(sign, thresholds)
 
 
 class MixtureNormalization(function_node.FunctionNode):
@@ -419,8 +316,12 @@ class MixtureNormalization(function_node.FunctionNode):
         (self.s, self.mean, self.var, self.inv_std, self.m, self.shift,
          self.shifted_mean) = stats
         a = _coefficients(xp, t3, self.s, self.m)
-        y = _apply_forward(xp, x3, a, gamma.astype(dtype, copy=False),
-                           beta.astype(dtype, copy=False), stats, self.relu)
+        # Component k gives z_ik = scale_k (x_i - c) + offset_k (its means
+        # relative to the shift c; a common translation changes nothing).
+        scale = gamma.astype(dtype, copy=False) * stats.inv_std
+        offset = beta.astype(dtype, copy=False) - scale * stats.shifted_mean
+        y = transform_passes.select_passes(xp)(xp, x3, stats.shift).output(
+            a, scale, offset, self.relu)
         return y.reshape(x.shape).astype(x.dtype, copy=False),
 
     def backward(self, indexes, grad_outputs):
@@ -446,12 +347,12 @@ class MixtureNormalizationGrad(function_node.FunctionNode):
         gx_i   = sum_k inv_std_k (h_ik - v_ik sum_j h_jk
                                   - v_ik x_hat_ik sum_j h_jk x_hat_jk)
 
-    Two passes over the batch, block by block
-    (:mod:`~mn_chainer.functions.batch_blocks`): the
-    per-component sums (and, for Eq. 40, the first term of ``gx``), then
-    the terms in ``v_ik``, which are linear in ``x_i`` (one small product
-    per sample).  Its own backward (double backprop) differentiates the
-    same transform written with :mod:`chainer.functions`.
+    Two passes over the batch
+    (:mod:`~mn_chainer.functions.transform_passes`): the per-component sums
+    ``sum_i a_ik g_i`` and ``sum_i a_ik g_i (x_i - c)`` (masked for Eq.
+    40), then ``gx``, whose terms in ``v_ik`` are linear in ``x_i``.  Its
+    own backward (double backprop) differentiates the same transform
+    written with :mod:`chainer.functions`.
 
     Args:
         eps (float): Added to the variances.
@@ -487,19 +388,27 @@ class MixtureNormalizationGrad(function_node.FunctionNode):
         gamma_c = gamma.astype(dtype, copy=False)
         beta_c = beta.astype(dtype, copy=False)
         a = _coefficients(xp, t3, self.s, self.m)
-        blocks = batch_blocks.Blocks(xp, x3.shape, dtype)
-        gx = xp.empty(x3.shape, dtype=dtype)
-        if self.relu:
-            sums = self._masked_sums(xp, blocks, x3, a, g3, gamma_c, beta_c,
-                                     gx)
-        else:
-            sums = self._sums(xp, blocks, x3, a, g3)
+        mean, inv_std = self.mean, self.inv_std
+        u = gamma_c * inv_std
+        mask = _relu_mask(xp, gamma_c, u, beta_c - u * mean) \
+            if self.relu else None
+        passes = transform_passes.select_passes(xp)(xp, x3, self.shift)
         g_sum, g_x_sum = data_parallel.allreduce_packed(
-            xp, self.reducer, *sums.astype(dtype))
+            xp, self.reducer, *(total.astype(dtype) for total in
+                                passes.gradient_sums(a, g3, mask, u)))
         # sum_i a_ik g_i x_hat_ik (masked for Eq. 40).
-        g_x_hat_sum = self.inv_std * (g_x_sum - self.mean * g_sum)
-        self._mean_terms(xp, blocks, x3, a, g3, gamma_c, gamma_c * g_sum,
-                         gamma_c * g_x_hat_sum, gx)
+        g_x_hat_sum = inv_std * (g_x_sum - mean * g_sum)
+        # The terms of gx in v_ik: gx_i -= sum_k v_ik inv_std_k (S1_k +
+        # x_hat_ik S2_k), S1_k = sum_j h_jk = gamma g_sum_k and S2_k =
+        # sum_j h_jk x_hat_jk = gamma g_x_hat_sum_k (totals over all
+        # workers); expanded in x_i with v_ik = a_ik / sqrt(m s_k), they
+        # are -sum_k a_ik (w1_k + (x_i - c) w2_k).
+        s1, s2 = gamma_c * g_sum, gamma_c * g_x_hat_sum
+        tiny = numpy.finfo(dtype).tiny
+        v_scale = 1 / xp.sqrt(self.m * xp.maximum(self.s, tiny))[:, None]
+        w1 = -v_scale * inv_std * (s1 - inv_std * mean * s2)
+        w2 = -v_scale * inv_std * inv_std * s2
+        gx = passes.input_gradient(a, g3, mask, u, w1, w2)
         ggamma, gbeta = g_x_hat_sum.sum(axis=0), g_sum.sum(axis=0)
         if self.reducer is not None and self.reducer.size > 1:
             # ggamma and gbeta are sums over all workers' points here; give
@@ -511,103 +420,6 @@ class MixtureNormalizationGrad(function_node.FunctionNode):
         return (gx.reshape(x.shape).astype(x.dtype, copy=False),
                 ggamma.astype(gamma.dtype, copy=False),
                 gbeta.astype(gamma.dtype, copy=False))
-
-    def _sums(self, xp, blocks, x3, a, g3):
-        """``sum_i a_ik g_i`` and ``sum_i a_ik g_i (x_i - c)`` (``(2, K, C)``,
-        float64)."""
-        def loop(share):
-            diff, product = blocks.scratch(), blocks.scratch()
-            for b in share:
-                xc = _shifted(xp, x3[b], self.shift, diff)
-                gb, ab = g3[b], a[b]
-                gxc = xp.multiply(
-                    gb, xc, out=batch_blocks.part(product, xc.shape[0]))
-                yield xp.stack((_component_sums(xp, gb, ab),
-                                _component_sums(xp, gxc, ab)))
-
-        return blocks.sum(loop, (2,) + self.mean.shape)
-
-    def _masked_sums(self, xp, blocks, x3, a, g3, gamma, beta, gx):
-        """The sums of :meth:`_sums` with ``t_ik = a_ik g_i`` masked where
-        the ReLU of component ``k`` is off (Eq. 40); writes the first term
-        of ``gx``, ``g_i sum_k gamma inv_std_k a_ik [z_ik > 0]``, into
-        ``gx``."""
-        scale = gamma * self.inv_std
-        sign, thresholds = _relu_thresholds(
-            xp, gamma, scale, beta - scale * self.mean)
-        scale = blocks.per_channel(scale)
-        thresholds = blocks.per_channel(thresholds)
-        n_components = a.shape[1]
-
-        def loop(share):
-            diff, product, on, weight = (blocks.scratch() for _ in range(4))
-            for b in share:
-                xc = _shifted(xp, x3[b], self.shift, diff)
-                rows = xc.shape[0]
-                gb, ab, gxb = g3[b], a[b], gx[b]
-                gxc = xp.multiply(gb, xc, out=batch_blocks.part(product, rows))
-                if sign is not None:
-                    xc = xp.multiply(xc, sign[:, None],
-                                     out=batch_blocks.part(diff, rows))
-                onk = batch_blocks.part(on, rows)
-                sums = xp.empty((2, n_components, xc.shape[1]),
-                                dtype=xc.dtype)
-                if n_components == 0:
-                    gxb[...] = 0
-                for k in range(n_components):
-                    # a_ik [z_ik > 0]: its sums with g and g (x - c), and
-                    # the first term of gx.
-                    xp.greater(xc, thresholds[k], out=onk)
-                    wk = gxb if k == 0 else batch_blocks.part(weight, rows)
-                    xp.multiply(onk, ab[:, k:k + 1], out=wk)
-                    sums[0, k] = xp.einsum('ncp,ncp->c', wk, gb)
-                    sums[1, k] = xp.einsum('ncp,ncp->c', wk, gxc)
-                    wk *= scale[k]
-                    if k:
-                        gxb += wk
-                gxb *= gb
-                yield sums
-
-        return blocks.sum(loop, (2,) + self.mean.shape)
-
-    def _mean_terms(self, xp, blocks, x3, a, g3, gamma, s1, s2, gx):
-        """The terms of ``gx`` in ``v_ik`` (and, for the linear form, the
-        first term), block by block.
-
-        ``gx_i -= sum_k v_ik inv_std_k (S1_k + x_hat_ik S2_k)`` with
-        ``S1_k = sum_j h_jk`` and ``S2_k = sum_j h_jk x_hat_jk`` (``(K, C)``;
-        totals over all workers).  Expanded in ``x_i`` with
-        ``v_ik = a_ik / sqrt(m s_k)``, these are
-        ``gx_i -= sum_k a_ik w1_k + (x_i - c) sum_k a_ik w2_k``; the linear
-        form's first term is ``gx_i = g_i sum_k a_ik gamma inv_std_k``.
-        """
-        mean, inv_std = self.mean, self.inv_std
-        channels = x3.shape[1]
-        tiny = numpy.finfo(x3.dtype).tiny
-        v_scale = (1 / xp.sqrt(self.m * xp.maximum(self.s, tiny)))[:, None]
-        w = [-v_scale * inv_std * (s1 - inv_std * mean * s2),
-             -v_scale * inv_std * inv_std * s2]
-        if not self.relu:
-            w.append(gamma * inv_std)
-        w = xp.concatenate(w, axis=1).T
-
-        def loop(share):
-            diff, expanded = blocks.scratch(), blocks.scratch(w.shape[0])
-            for b in share:
-                xc = _shifted(xp, x3[b], self.shift, diff)
-                e = _expand(xp, w, a[b], expanded)
-                gxb = gx[b]
-                if self.relu:
-                    gxb += e[:, :channels]
-                else:
-                    xp.multiply(g3[b], e[:, 2 * channels:], out=gxb)
-                    gxb += e[:, :channels]
-                e2 = e[:, channels:2 * channels]
-                e2 *= xc
-                gxb += e2
-                yield
-
-        blocks.map(loop)
 
     def backward(self, indexes, grad_outputs):
         if self.reducer is not None:
@@ -783,8 +595,8 @@ def fixed_mixture_normalization(x, coefficients, gamma, beta, mean, var,
         if shift is not None:
             x3 = x3 - xp.broadcast_to(shift[None, :, None], x3.shape)
             mean = mean - shift
-        scale = _expand(xp, inv_std.T, c3)
-        offset = _expand(xp, (mean * inv_std).T, c3)
+        scale = transform_passes.expand(xp, inv_std.T, c3)
+        offset = transform_passes.expand(xp, (mean * inv_std).T, c3)
         x_hat_sum = x3 * scale - offset
         y = (x_hat_sum * F.broadcast_to(gamma[None, :, None], x3.shape)
              + F.broadcast_to(beta[None, :, None], x3.shape)
