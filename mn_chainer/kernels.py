@@ -1,15 +1,22 @@
-"""Fused CUDA kernels of the mixture fit (:mod:`mn_chainer.gmm` on a GPU).
+"""Fused CUDA kernels of the mixture fit (:mod:`mn_chainer.gmm` on a GPU)
+and of the Mixture Normalizing Transform's passes.
 
-:class:`mn_chainer.fit_passes.CudaPasses` runs these kernels in a fit on
-CuPy arrays.  Every kernel here has a NumPy twin in
-:mod:`mn_chainer.mixture_steps` (the reference its tests compare against):
+:class:`mn_chainer.fit_passes.CudaPasses` runs the fit's kernels in a fit on
+CuPy arrays, :class:`mn_chainer.functions.transform_passes.CudaPasses` the
+transform's.  Every kernel here has a twin (the reference its tests compare
+against): the fit's in NumPy (:mod:`mn_chainer.mixture_steps`), the
+transform's in C (:mod:`mn_chainer.transform_kernels`, same arguments,
+itself tested against NumPy):
 
 ================================  =========================================
-kernel (this module)              NumPy twin (:mod:`mn_chainer.mixture_steps`)
+kernel (this module)              twin
 ================================  =========================================
-:func:`estep_log_resp`            ``estimate_log_resp``
-:func:`kmeanspp_candidate_d2`     ``candidate_d2``
-:func:`kmeans_assign`             ``hard_assign`` (labels)
+:func:`estep_log_resp`            ``mixture_steps.estimate_log_resp``
+:func:`kmeanspp_candidate_d2`     ``mixture_steps.candidate_d2``
+:func:`kmeans_assign`             ``mixture_steps.hard_assign`` (labels)
+:func:`mix_sums`                  ``transform_kernels.mix_sums``
+:func:`mix_forward`               ``transform_kernels.mix_forward``
+:func:`mix_grad_x`                ``transform_kernels.mix_grad_x``
 ================================  =========================================
 
 The module imports with NumPy alone: CuPy is imported inside the functions
@@ -40,6 +47,14 @@ The chunk size is a compile-time constant (generated ``#define``); a module
 is compiled for each (dtype, chunk) pair actually used and memoized.  Any
 number of components works: more than ``MIXNORM_CHUNK`` are processed chunk
 by chunk.
+
+The transform's kernels (``TRANSFORM_SOURCE``): the sums, one warp per
+channel and slice of the points (its lanes read consecutive positions of a
+sample, sum a chunk of components in registers, then add their sums by
+shuffles; the slices' partial sums are added in float64 on the host, in a
+fixed order); the output and the input's gradient, one thread per element
+of the activations, the components looped inside.  Each reads the
+activations once.
 """
 
 import functools
@@ -47,6 +62,7 @@ import functools
 import numpy
 
 from mn_chainer import mixture_steps
+from mn_chainer import transform_kernels
 
 
 # Lanes per block of every point-wise kernel (8 warps).
@@ -318,12 +334,193 @@ extern "C" __global__ void mixnorm_kmeans_assign(
 """
 
 
+# The fused passes of the Mixture Normalizing Transform.
+TRANSFORM_SOURCE = r"""
+// The passes of mn_chainer.functions.transform_passes on CuPy, twins of the
+// C kernels of mn_chainer/_transform_kernels_impl.h (same arguments, same
+// definitions): activations x and values v, g (N, C, P), coefficients w, a
+// (N, K, P), per-channel values (C), per-component values (K, C), all
+// C-contiguous; every pass works on x - shift.  The rectification of Eq. 40
+// enters the gradient as a mask: component k is on where
+// sign[c] (x - shift[c]) > thresholds[k, c] (masked 0: no mask).  Where the
+// C kernels take NULL these take a flag, and the array (any valid one) is
+// not read: CuPy passes None to a kernel as a pointer that is not NULL.
+
+// The responsibility-weighted sums of one pass, in partial sums: for slice
+// s of the m = N P points and channel c,
+//   out[s, 0, k, c] = sum over the slice of w m v,
+//   out[s, 1, k, c] = sum over the slice of w m v (x - shift),
+// v = values where has_values, else x - shift.  One warp per (c, s),
+// warp index c + C s (blockDim.x a multiple of 32, at least C * slices
+// warps); its lanes stride over the points of the slice (consecutive
+// positions of a sample: coalesced reads for P >= 32) and sum in registers
+// for a chunk of components, then the warp adds its lanes' sums.
+extern "C" __global__ void mixnorm_mix_sums(
+        const mixnorm_real* __restrict__ x,
+        const mixnorm_real* __restrict__ values,
+        const mixnorm_real* __restrict__ w,
+        const mixnorm_real* __restrict__ shift,
+        const mixnorm_real* __restrict__ sign,
+        const mixnorm_real* __restrict__ thresholds, int has_values,
+        int masked, long long n, long long channels, long long size,
+        long long n_components, long long slices,
+        mixnorm_real* __restrict__ out) {
+    const long long warp =
+        ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    const int lane = threadIdx.x & 31;
+    if (warp >= channels * slices) {
+        return;  // the whole warp
+    }
+    const long long c = warp % channels, s = warp / channels;
+    const long long m = n * size;
+    const long long q0 = m * s / slices, q1 = m * (s + 1) / slices;
+    const mixnorm_real origin = shift[c];
+    const mixnorm_real sign_c = masked ? sign[c] : (mixnorm_real)0;
+    for (long long k0 = 0; k0 < n_components; k0 += MIXNORM_CHUNK) {
+        const int n_chunk = mixnorm_chunk(n_components - k0);
+        mixnorm_real sum_v[MIXNORM_CHUNK], sum_vx[MIXNORM_CHUNK];
+        mixnorm_real threshold[MIXNORM_CHUNK];
+#pragma unroll
+        for (int j = 0; j < MIXNORM_CHUNK; ++j) {
+            sum_v[j] = 0;
+            sum_vx[j] = 0;
+            threshold[j] = (masked && j < n_chunk)
+                ? thresholds[(k0 + j) * channels + c] : (mixnorm_real)0;
+        }
+        for (long long q = q0 + lane; q < q1; q += 32) {
+            const long long i = q / size, p = q - i * size;
+            const long long e = (i * channels + c) * size + p;
+            const mixnorm_real xc = x[e] - origin;
+            const mixnorm_real v = has_values ? values[e] : xc;
+            const mixnorm_real vx = v * xc;
+            const mixnorm_real* wq = w + (i * n_components + k0) * size + p;
+#pragma unroll
+            for (int j = 0; j < MIXNORM_CHUNK; ++j) {
+                if (j < n_chunk) {
+                    const mixnorm_real wj =
+                        (masked && !(sign_c * xc > threshold[j]))
+                        ? (mixnorm_real)0 : wq[j * size];
+                    sum_v[j] += wj * v;
+                    sum_vx[j] += wj * vx;
+                }
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < MIXNORM_CHUNK; ++j) {
+            if (j < n_chunk) {
+                const mixnorm_real total_v = mixnorm_group_sum(sum_v[j], 32);
+                const mixnorm_real total_vx =
+                    mixnorm_group_sum(sum_vx[j], 32);
+                if (lane == 0) {
+                    const long long kc = (k0 + j) * channels + c;
+                    out[(2 * s) * n_components * channels + kc] = total_v;
+                    out[(2 * s + 1) * n_components * channels + kc] =
+                        total_vx;
+                }
+            }
+        }
+    }
+}
+
+// The grid-stride walk of an element-wise kernel over the elements e of
+// activations (N, C, P): at element e, its channel c and the index `point`
+// of its point's coefficient of component 0 in (N, K, P) (component k:
+// point + k P).
+struct mixnorm_elements {
+    const long long channels, size, components, total, step;
+    long long e, c, point;
+    __device__ __forceinline__ mixnorm_elements(
+            long long n, long long channels_, long long size_,
+            long long components_)
+        : channels(channels_), size(size_), components(components_),
+          total(n * channels_ * size_),
+          step((long long)gridDim.x * blockDim.x),
+          e((long long)blockIdx.x * blockDim.x + threadIdx.x) {
+        locate();
+    }
+    __device__ __forceinline__ bool more() const { return e < total; }
+    __device__ __forceinline__ void next() {
+        e += step;
+        locate();
+    }
+    __device__ __forceinline__ void locate() {
+        const long long line = e / size, i = line / channels;
+        c = line - i * channels;
+        point = i * components * size + (e - line * size);
+    }
+};
+
+// The output (Eqs. 34 + 37, or 40 with relu != 0):
+//   y = sum_k a_k f(scale[k, c] (x - shift[c]) + offset[k, c]),
+// f the identity or max(., 0).  Grid-stride over the elements of x.
+extern "C" __global__ void mixnorm_mix_forward(
+        const mixnorm_real* __restrict__ x,
+        const mixnorm_real* __restrict__ a,
+        const mixnorm_real* __restrict__ shift,
+        const mixnorm_real* __restrict__ scale,
+        const mixnorm_real* __restrict__ offset, int relu,
+        long long n, long long channels, long long size,
+        long long n_components, mixnorm_real* __restrict__ y) {
+    for (mixnorm_elements at(n, channels, size, n_components); at.more();
+         at.next()) {
+        const mixnorm_real xc = x[at.e] - shift[at.c];
+        mixnorm_real acc = 0;
+        for (long long k = 0; k < n_components; ++k) {
+            const long long kc = k * channels + at.c;
+            const mixnorm_real z = scale[kc] * xc + offset[kc];
+            acc += a[at.point + k * size]
+                * ((relu && z < 0) ? (mixnorm_real)0 : z);
+        }
+        y[at.e] = acc;
+    }
+}
+
+// The gradient of the input (DESIGN 1.3, its terms expanded in x):
+//   gx = sum_k a_k (m_k u[k, c] g + w1[k, c] + w2[k, c] (x - shift[c])),
+// m_k the mask of component k (1 without one).  Grid-stride over the
+// elements of x.
+extern "C" __global__ void mixnorm_mix_grad_x(
+        const mixnorm_real* __restrict__ x,
+        const mixnorm_real* __restrict__ a,
+        const mixnorm_real* __restrict__ g,
+        const mixnorm_real* __restrict__ shift,
+        const mixnorm_real* __restrict__ sign,
+        const mixnorm_real* __restrict__ thresholds, int masked,
+        const mixnorm_real* __restrict__ u,
+        const mixnorm_real* __restrict__ w1,
+        const mixnorm_real* __restrict__ w2,
+        long long n, long long channels, long long size,
+        long long n_components, mixnorm_real* __restrict__ gx) {
+    for (mixnorm_elements at(n, channels, size, n_components); at.more();
+         at.next()) {
+        const mixnorm_real xc = x[at.e] - shift[at.c];
+        const mixnorm_real signed_x =
+            masked ? sign[at.c] * xc : (mixnorm_real)0;
+        const mixnorm_real ge = g[at.e];
+        mixnorm_real acc = 0;
+        for (long long k = 0; k < n_components; ++k) {
+            const long long kc = k * channels + at.c;
+            const mixnorm_real uk =
+                (masked && !(signed_x > thresholds[kc])) ? (mixnorm_real)0
+                                                         : u[kc];
+            acc += a[at.point + k * size]
+                * (uk * ge + (w1[kc] + w2[kc] * xc));
+        }
+        gx[at.e] = acc;
+    }
+}
+"""
+
+
 # Kernel (global function) names, each defined in every module source.
 KERNEL_NAMES = (
     'mixnorm_estep_const',
     'mixnorm_estep_log_resp',
     'mixnorm_candidate_d2',
     'mixnorm_kmeans_assign',
+    'mixnorm_mix_sums',
+    'mixnorm_mix_forward',
+    'mixnorm_mix_grad_x',
 )
 
 
@@ -351,7 +548,8 @@ def module_source(dtype, chunk):
         real=_REAL_TYPES[char], chunk=chunk, inf=_INF[char],
         log_floor=mixture_steps.log_floor(char))
     return ''.join((header, DEVICE_FUNCTIONS_SOURCE, ESTEP_SOURCE,
-                    CANDIDATE_D2_SOURCE, KMEANS_ASSIGN_SOURCE))
+                    CANDIDATE_D2_SOURCE, KMEANS_ASSIGN_SOURCE,
+                    TRANSFORM_SOURCE))
 
 
 def kernel_sources():
@@ -581,3 +779,128 @@ def kmeans_assign(points, centres):
             'mixnorm_kmeans_assign', (),
             (cupy.empty((call.m,), numpy.int64),
              cupy.empty((call.m,), call.dtype)))
+
+
+# ---------------------------------------------------------------------------
+# The transform's passes (mn_chainer.functions.transform_passes.CudaPasses)
+
+#: Points a lane of :func:`mix_sums` sums in registers at most: a slice of
+#: the points has ``32 * POINTS_PER_LANE`` of them (one warp per slice and
+#: channel), its partial sums in the activations' dtype are added in
+#: float64, as the C kernels flush their partial sums.
+POINTS_PER_LANE = 16
+
+
+class _TransformCall(transform_kernels.PassShapes):
+
+    """The checks, conversions and launches of a transform kernel.
+
+    Args:
+        x: Activations ``(N, C, P)``, a float32 or float64 CuPy array.
+        coefficients: ``(N, K, P)`` (``K`` is taken from it).
+    """
+
+    def __init__(self, x, coefficients):
+        import cupy
+        super(_TransformCall, self).__init__(x, coefficients, cupy.ndarray)
+        self.device = x.device
+        with self.device:
+            self.x = cupy.ascontiguousarray(x)
+        self.dtype = x.dtype
+
+    def array(self, name, a, shape):
+        """``a`` checked for the shape ``'x'``, ``'point'``, ``'channel'``
+        or ``'component'``, as a C-contiguous array of the dtype of x."""
+        with self.device:
+            return _as_param(name, a, self.dtype, self.of[shape])
+
+    def mask(self, mask):
+        """A mask's kernel arguments ``(sign, thresholds, masked)``, checked
+        (without a mask ``x`` twice, not read, and 0)."""
+        if mask is None:
+            return self.x, self.x, numpy.int32(0)
+        return (self.array('sign', mask[0], 'channel'),
+                self.array('thresholds', mask[1], 'component'),
+                numpy.int32(1))
+
+    def launch(self, name, blocks, leading, trailing):
+        """Run ``name`` on ``blocks`` blocks of :data:`_BLOCK` threads with
+        the arguments ``leading``, ``N, C, P, K`` and ``trailing`` (nothing
+        for no block)."""
+        if blocks:
+            with self.device:
+                _get_kernel(name, self.dtype, max(self.k, 1))(
+                    (blocks,), (_BLOCK,), tuple(leading) + tuple(
+                        numpy.int64(v) for v in (self.n, self.channels,
+                                                 self.size, self.k))
+                    + tuple(trailing))
+
+    def elementwise(self, name, leading):
+        """Run the grid-stride kernel ``name``; returns its output (the
+        shape and dtype of ``x``)."""
+        import cupy
+        with self.device:
+            out = cupy.empty(self.x.shape, self.dtype)
+        self.launch(name, min(-(-out.size // _BLOCK), _MAX_BLOCKS), leading,
+                    (out,))
+        return out
+
+
+def mix_sums(x, w, shift, values=None, mask=None):
+    """The responsibility-weighted sums of one pass over the batch (CUDA):
+    ``sum w m v`` and ``sum w m v (x - shift)`` per component and channel,
+    one warp per channel and slice of :data:`POINTS_PER_LANE` points per
+    lane, the slices' partial sums added in float64 (one launch, no host
+    synchronisation).
+
+    Arguments and result (a CuPy array) as its C twin,
+    :func:`mn_chainer.transform_kernels.mix_sums`.
+    """
+    import cupy
+    call = _TransformCall(x, w)
+    points = call.n * call.size
+    slices = max(1, -(-points // (32 * POINTS_PER_LANE)))
+    sign, thresholds, masked = call.mask(mask)
+    has_values = values is not None
+    values = call.array('values', values, 'x') if has_values else call.x
+    with call.device:
+        out = cupy.zeros((slices, 2, call.k, call.channels), call.dtype)
+    warps = call.channels * slices if points else 0
+    call.launch('mixnorm_mix_sums', -(-warps * 32 // _BLOCK), (
+        call.x, values, call.array('w', w, 'point'),
+        call.array('shift', shift, 'channel'), sign, thresholds,
+        numpy.int32(has_values), masked), (numpy.int64(slices), out))
+    return out.sum(axis=0, dtype=numpy.float64)
+
+
+def mix_forward(x, a, shift, scale, offset, relu):
+    """The output of the transform (Eqs. 34 + 37; Eq. 40 with ``relu``):
+    ``y_ncp = sum_k a_nkp f(scale_kc (x_ncp - shift_c) + offset_kc)``, ``f``
+    the identity or ``max(., 0)`` (CUDA, one launch).
+
+    Arguments and result as its C twin,
+    :func:`mn_chainer.transform_kernels.mix_forward`.
+    """
+    call = _TransformCall(x, a)
+    return call.elementwise('mixnorm_mix_forward', (
+        call.x, call.array('a', a, 'point'),
+        call.array('shift', shift, 'channel'),
+        call.array('scale', scale, 'component'),
+        call.array('offset', offset, 'component'),
+        numpy.int32(bool(relu))))
+
+
+def mix_grad_x(x, a, g, shift, u, w1, w2, mask=None):
+    """The gradient of the transform's input, its terms expanded in ``x``
+    (DESIGN §1.3): ``gx_ncp = sum_k a_nkp (m_nkcp u_kc g_ncp + w1_kc +
+    w2_kc (x_ncp - shift_c))`` (CUDA, one launch).
+
+    Arguments and result as its C twin,
+    :func:`mn_chainer.transform_kernels.mix_grad_x`.
+    """
+    call = _TransformCall(x, a)
+    return call.elementwise('mixnorm_mix_grad_x', (
+        call.x, call.array('a', a, 'point'), call.array('g', g, 'x'),
+        call.array('shift', shift, 'channel')) + call.mask(mask) + (
+        call.array('u', u, 'component'), call.array('w1', w1, 'component'),
+        call.array('w2', w2, 'component')))

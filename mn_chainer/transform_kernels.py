@@ -43,25 +43,53 @@ from mn_chainer import cpu_kernels
 _DTYPES = (numpy.dtype(numpy.float32), numpy.dtype(numpy.float64))
 
 
-class _Batch(object):
+class PassShapes(object):
+
+    """The shapes of the arrays of a pass, from the activations ``x`` ``(N,
+    C, P)`` and the per-point coefficients ``(N, K, P)``, checked (shared
+    with the CUDA twins of :mod:`mn_chainer.kernels`).
+
+    Args:
+        x: The activations, an ``array_type`` of float32 or float64.
+        coefficients: Anything with the coefficients' ``shape``.
+        array_type: ``numpy.ndarray`` or ``cupy.ndarray``.
+
+    Attributes:
+        n, channels, size, k: ``N``, ``C``, ``P`` and ``K``.
+        of: The shapes by kind: ``'x'`` (that of ``x``), ``'point'`` ``(N,
+            K, P)``, ``'channel'`` ``(C,)``, ``'component'`` ``(K, C)``.
+    """
+
+    def __init__(self, x, coefficients, array_type):
+        if not isinstance(x, array_type):
+            raise TypeError('x must be a {}.{}, got {}'.format(
+                array_type.__module__.split('.')[0], array_type.__name__,
+                type(x)))
+        if x.ndim != 3:
+            raise ValueError('x must have shape (N, C, P), got {}'.format(
+                x.shape))
+        if x.dtype not in _DTYPES:
+            raise TypeError('x must be float32 or float64, got {}'.format(
+                x.dtype))
+        shape = getattr(coefficients, 'shape', ())
+        if len(shape) != 3:
+            raise ValueError('the coefficients must have shape (N, K, P), '
+                             'got {}'.format(shape))
+        self.n, self.channels, self.size = x.shape
+        self.k = shape[1]
+        self.of = {'x': x.shape, 'point': (self.n, self.k, self.size),
+                   'channel': (self.channels,),
+                   'component': (self.k, self.channels)}
+
+
+class _Batch(PassShapes):
 
     """The checked activations of a pass, its lines and their chunks."""
 
     def __init__(self, x, coefficients):
-        if not isinstance(x, numpy.ndarray) or x.ndim != 3:
-            raise ValueError('x must be a 3-D NumPy array (N, C, P), got {!r}'
-                             .format(getattr(x, 'shape', type(x))))
-        if x.dtype not in _DTYPES:
-            raise TypeError('x must be float32 or float64, got {}'.format(
-                x.dtype))
-        shape = numpy.shape(coefficients)
-        if len(shape) != 3:
-            raise ValueError('the coefficients must have shape (N, K, P), '
-                             'got {}'.format(shape))
+        super(_Batch, self).__init__(x, coefficients, numpy.ndarray)
         self.x = numpy.ascontiguousarray(x)
         self.dtype = x.dtype
-        self.n, self.channels, self.size = x.shape
-        self.k = shape[1]
         if self.size == 1:  # a line is a point
             lines, length = self.n, self.channels
         else:  # a line is a channel of a sample
@@ -70,15 +98,11 @@ class _Batch(object):
 
     def array(self, name, a, shape):
         """``a`` as a C-contiguous array of the activations' dtype, checked
-        for ``shape`` (``'x'``: that of ``x``, ``'point'``: ``(N, K, P)``,
-        ``'channel'``: ``(C,)``, ``'component'``: ``(K, C)``)."""
-        shape = {'x': self.x.shape, 'point': (self.n, self.k, self.size),
-                 'channel': (self.channels,),
-                 'component': (self.k, self.channels)}[shape]
+        for the shape of kind ``shape`` (:attr:`of`)."""
         a = numpy.ascontiguousarray(a, dtype=self.dtype)
-        if a.shape != shape:
+        if a.shape != self.of[shape]:
             raise ValueError('{} must have shape {}, got {}'.format(
-                name, shape, a.shape))
+                name, self.of[shape], a.shape))
         return a
 
     def mask(self, mask):

@@ -1,7 +1,9 @@
-"""Tests of :mod:`mn_chainer.kernels` (the CUDA kernels of the mixture fit).
+"""Tests of :mod:`mn_chainer.kernels` (the CUDA kernels of the mixture fit
+and of the transform's passes).
 
 Three layers, each against an independent float64 NumPy reference written
-here from the formulas (not :mod:`mn_chainer.gmm`):
+from the formulas (not :mod:`mn_chainer.gmm`): the fit's here, the
+transform's in ``transform_pass_reference.py`` (as for its C twins):
 
 * NVRTC compile check of every CUDA source (needs CuPy and the NVRTC
   library, no GPU);
@@ -18,6 +20,7 @@ alone), so ``python -m pytest tests/test_kernels.py`` (or
 and CuPy.
 """
 import ctypes
+import functools
 import importlib.util
 import math
 import os
@@ -30,6 +33,7 @@ import numpy
 import pytest
 
 from mn_chainer import kernels
+import transform_pass_reference
 
 
 try:
@@ -457,6 +461,40 @@ void emu_kmeans_assign(const mixnorm_real* points,
                               group);
     });
 }
+// The transform's kernels: their arrays, flags and output, then the shape
+// (n, c, p, k) and the launch.
+void emu_mix_sums(const mixnorm_real* x, const mixnorm_real* values,
+                  const mixnorm_real* w, const mixnorm_real* shift,
+                  const mixnorm_real* sign, const mixnorm_real* thresholds,
+                  int has_values, int masked, long long slices,
+                  mixnorm_real* out, long long n, long long c, long long p,
+                  long long k, unsigned grid, unsigned block) {
+    emu_launch(grid, block, [&]() {
+        mixnorm_mix_sums(x, values, w, shift, sign, thresholds, has_values,
+                         masked, n, c, p, k, slices, out);
+    });
+}
+void emu_mix_forward(const mixnorm_real* x, const mixnorm_real* a,
+                     const mixnorm_real* shift, const mixnorm_real* scale,
+                     const mixnorm_real* offset, int relu, mixnorm_real* y,
+                     long long n, long long c, long long p, long long k,
+                     unsigned grid, unsigned block) {
+    emu_launch(grid, block, [&]() {
+        mixnorm_mix_forward(x, a, shift, scale, offset, relu, n, c, p, k, y);
+    });
+}
+void emu_mix_grad_x(const mixnorm_real* x, const mixnorm_real* a,
+                    const mixnorm_real* g, const mixnorm_real* shift,
+                    const mixnorm_real* sign, const mixnorm_real* thresholds,
+                    const mixnorm_real* u, const mixnorm_real* w1,
+                    const mixnorm_real* w2, int masked, mixnorm_real* gx,
+                    long long n, long long c, long long p, long long k,
+                    unsigned grid, unsigned block) {
+    emu_launch(grid, block, [&]() {
+        mixnorm_mix_grad_x(x, a, g, shift, sign, thresholds, masked, u, w1,
+                           w2, n, c, p, k, gx);
+    });
+}
 }
 """
 
@@ -524,6 +562,58 @@ class _Emulated(object):
             self._ptr(min_d2))
         self._check()
         return labels, min_d2
+
+    def _transform(self, name, arrays, flags, out, shape, grid):
+        """Launch ``emu_<name>`` on ``arrays`` (pointers), ``flags``
+        (ints, or int64 for numpy.int64), ``out`` (returned), the shape
+        ``(n, c, p, k)`` and ``grid`` blocks of :data:`_EMU_BLOCK`."""
+        flags = [ctypes.c_longlong(f) if isinstance(f, numpy.int64)
+                 else ctypes.c_int(f) for f in flags]
+        getattr(self.lib, 'emu_' + name)(
+            *[self._ptr(a) for a in arrays], *flags, self._ptr(out),
+            *[ctypes.c_longlong(v) for v in shape], ctypes.c_uint(grid),
+            ctypes.c_uint(_EMU_BLOCK))
+        self._check()
+        return out
+
+    def mix_sums(self, case, values, masked, slices):
+        """``mixnorm_mix_sums`` in ``slices`` slices, their partial sums
+        added in float64 (as :func:`mn_chainer.kernels.mix_sums`); arrays
+        a flag turns off are NaN (never read)."""
+        (n, c, p), k = case.x.shape, case.w.shape[1]
+        poison = numpy.full(case.x.shape, numpy.nan, self.dtype)
+        out = numpy.full((slices, 2, k, c), numpy.nan, self.dtype)
+        grid = -(-c * slices * 32 // _EMU_BLOCK)
+        self._transform('mix_sums', (
+            case.x, poison if values is None else values, case.w, case.shift,
+            case.sign if masked else poison,
+            case.thresholds if masked else poison), (
+                int(values is not None), int(masked), numpy.int64(slices)),
+            out, (n, c, p, k), grid)
+        return out.sum(axis=0, dtype=numpy.float64)
+
+    def _elementwise_grid(self, x, max_grid):
+        grid = -(-x.size // _EMU_BLOCK)
+        return grid if max_grid is None else min(grid, max_grid)
+
+    def mix_forward(self, case, relu, max_grid):
+        (n, c, p), k = case.x.shape, case.w.shape[1]
+        return self._transform(
+            'mix_forward', (case.x, case.w, case.shift, case.scale,
+                            case.offset), (int(relu),),
+            numpy.full(case.x.shape, numpy.nan, self.dtype), (n, c, p, k),
+            self._elementwise_grid(case.x, max_grid))
+
+    def mix_grad_x(self, case, masked, max_grid):
+        (n, c, p), k = case.x.shape, case.w.shape[1]
+        poison = numpy.full(case.x.shape, numpy.nan, self.dtype)
+        return self._transform(
+            'mix_grad_x', (case.x, case.w, case.values, case.shift,
+                           case.sign if masked else poison,
+                           case.thresholds if masked else poison, case.u,
+                           case.w1, case.w2), (int(masked),),
+            numpy.full(case.x.shape, numpy.nan, self.dtype), (n, c, p, k),
+            self._elementwise_grid(case.x, max_grid))
 
 
 @pytest.fixture(scope='module')
@@ -622,6 +712,62 @@ def test_emulated_estep_dead_channels(emulated):
     numpy.testing.assert_allclose(numpy.exp(log_resp), expected, atol=1e-4)
 
 
+# (shape, K, slices of the sums, grid cap of the element-wise kernels):
+# one point, P = 1 (uncoalesced lanes), C = 1, P = 9 (a warp over several
+# samples), lines longer than a warp; K over two register chunks of 4;
+# uneven slices; grid-stride rounds.
+_EMU_TRANSFORM_CASES = [
+    ((1, 1, 1), 1, 1, None),
+    ((5, 3, 1), 2, 2, None),
+    ((3, 1, 70), 6, 3, 2),
+    ((4, 6, 9), 3, 1, 1),
+    ((2, 3, 130), 5, 7, 3),
+]
+
+
+@pytest.mark.parametrize('dtype', _DTYPES)
+@pytest.mark.parametrize('shape, k, slices, max_grid', _EMU_TRANSFORM_CASES)
+def test_emulated_transform_kernels(emulated, dtype, shape, k, slices,
+                                    max_grid):
+    """The transform's kernels against the float64 definitions of their
+    passes (``transform_pass_reference.py``, as their C twins are
+    tested), within 64 roundoffs of the magnitude of their terms; the
+    arrays a flag turns off are NaN."""
+    lib = emulated(dtype, 4)
+    case = transform_pass_reference.case(shape, k, dtype, seed=k)
+    big = transform_pass_reference.absolute(case)
+    check = functools.partial(transform_pass_reference.assert_pass_close,
+                              dtype=dtype)
+    mask = (case.sign, case.thresholds)
+    for values, masked in ((None, False), (case.values, False),
+                           (case.values, True)):
+        check(lib.mix_sums(case, values, masked, slices),
+              transform_pass_reference.mix_sums(
+                  case.x, case.w, case.shift, values,
+                  *(mask if masked else (None, None))),
+              transform_pass_reference.mix_sums(
+                  big.x, big.w, big.shift,
+                  None if values is None else big.values),
+              name='sums (values {}, mask {})'.format(values is not None,
+                                                      masked))
+    for relu in (False, True):
+        check(lib.mix_forward(case, relu, max_grid),
+              transform_pass_reference.mix_forward(
+                  case.x, case.w, case.shift, case.scale, case.offset, relu),
+              transform_pass_reference.mix_forward(
+                  big.x, big.w, big.shift, big.scale, big.offset, False),
+              name='forward (relu {})'.format(relu))
+    for masked in (False, True):
+        check(lib.mix_grad_x(case, masked, max_grid),
+              transform_pass_reference.mix_grad_x(
+                  case.x, case.w, case.values, case.shift, case.u, case.w1,
+                  case.w2, *(mask if masked else (None, None))),
+              transform_pass_reference.mix_grad_x(
+                  big.x, big.w, big.values, big.shift, big.u, big.w1,
+                  big.w2),
+              name='grad_x (mask {})'.format(masked))
+
+
 # ---------------------------------------------------------------------------
 # CuPy entry points
 
@@ -643,6 +789,18 @@ def test_entry_points_reject_numpy_arrays(cupy_module):
         kernels.kmeanspp_candidate_d2(points, points[:1], points[:, 0])
     with pytest.raises(TypeError, match='cupy.ndarray'):
         kernels.kmeans_assign(points, points[:1])
+
+
+def test_transform_entry_points_reject_numpy_arrays(cupy_module):
+    case = transform_pass_reference.case((2, 3, 4), 2, numpy.float32)
+    with pytest.raises(TypeError, match='cupy.ndarray'):
+        kernels.mix_sums(case.x, case.w, case.shift)
+    with pytest.raises(TypeError, match='cupy.ndarray'):
+        kernels.mix_forward(case.x, case.w, case.shift, case.scale,
+                            case.offset, True)
+    with pytest.raises(TypeError, match='cupy.ndarray'):
+        kernels.mix_grad_x(case.x, case.w, case.values, case.shift, case.u,
+                           case.w1, case.w2)
 
 
 @pytest.fixture(scope='module')
@@ -763,6 +921,60 @@ def test_empty_and_bad_inputs_gpu(cupy):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize('dtype', _DTYPES)
+@pytest.mark.parametrize('k', [1, 2, 6, 33])
+@pytest.mark.parametrize('shape', transform_pass_reference.SHAPES + [
+    (64, 448, 64), (7, 3, 1100), (0, 3, 4), (2, 3, 0)])
+def test_transform_kernels_gpu(cupy, dtype, shape, k):
+    """The transform's kernels on a GPU against the float64 definitions of
+    their passes, with and without values and masks (no NULL arrays: see
+    ``TRANSFORM_SOURCE``), K over several register chunks, 1100 points a
+    line (several slices), empty batches."""
+    case = transform_pass_reference.case(shape, k, dtype, seed=k)
+    big = transform_pass_reference.absolute(case)
+    on_gpu = case._replace(**{name: cupy.asarray(getattr(case, name))
+                              for name in case._fields})
+    mask = (case.sign, case.thresholds)
+    gpu_mask = (on_gpu.sign, on_gpu.thresholds)
+
+    def check(actual, expected, magnitude, name):
+        assert isinstance(actual, cupy.ndarray)
+        transform_pass_reference.assert_pass_close(
+            cupy.asnumpy(actual), expected, magnitude, dtype, name)
+
+    for values, masked in ((None, False), (on_gpu.values, False),
+                           (on_gpu.values, True)):
+        sums = kernels.mix_sums(on_gpu.x, on_gpu.w, on_gpu.shift, values,
+                                gpu_mask if masked else None)
+        assert sums.dtype == numpy.float64
+        check(sums, transform_pass_reference.mix_sums(
+            case.x, case.w, case.shift,
+            None if values is None else case.values,
+            *(mask if masked else (None, None))),
+            transform_pass_reference.mix_sums(
+                big.x, big.w, big.shift,
+                None if values is None else big.values), 'sums')
+    for relu in (False, True):
+        check(kernels.mix_forward(on_gpu.x, on_gpu.w, on_gpu.shift,
+                                  on_gpu.scale, on_gpu.offset, relu),
+              transform_pass_reference.mix_forward(
+                  case.x, case.w, case.shift, case.scale, case.offset, relu),
+              transform_pass_reference.mix_forward(
+                  big.x, big.w, big.shift, big.scale, big.offset, False),
+              'forward')
+    for masked in (False, True):
+        check(kernels.mix_grad_x(on_gpu.x, on_gpu.w, on_gpu.values,
+                                 on_gpu.shift, on_gpu.u, on_gpu.w1,
+                                 on_gpu.w2, gpu_mask if masked else None),
+              transform_pass_reference.mix_grad_x(
+                  case.x, case.w, case.values, case.shift, case.u, case.w1,
+                  case.w2, *(mask if masked else (None, None))),
+              transform_pass_reference.mix_grad_x(
+                  big.x, big.w, big.values, big.shift, big.u, big.w1,
+                  big.w2), 'grad_x')
+
+
+@pytest.mark.gpu
 def test_no_host_synchronisation_gpu(cupy):
     cupyx = pytest.importorskip('cupyx')
     allow_synchronize = getattr(cupyx, 'allow_synchronize', None)
@@ -773,10 +985,20 @@ def test_no_host_synchronisation_gpu(cupy):
         rng, 512, 40, 5, numpy.float32)]
     closest = cupy.full((512,), numpy.inf, numpy.float32)
 
+    case = transform_pass_reference.case((16, 40, 9), 5, numpy.float32)
+    case = case._replace(**{name: cupy.asarray(getattr(case, name))
+                            for name in case._fields})
+
     def run():
         kernels.estep_log_resp(*inputs)
         kernels.kmeanspp_candidate_d2(inputs[0], inputs[2][:3], closest)
         kernels.kmeans_assign(inputs[0], inputs[2])
+        kernels.mix_sums(case.x, case.w, case.shift, case.values,
+                         (case.sign, case.thresholds))
+        kernels.mix_forward(case.x, case.w, case.shift, case.scale,
+                            case.offset, True)
+        kernels.mix_grad_x(case.x, case.w, case.values, case.shift, case.u,
+                           case.w1, case.w2, (case.sign, case.thresholds))
 
     run()  # compiles and loads the modules
     cupy.cuda.Stream.null.synchronize()

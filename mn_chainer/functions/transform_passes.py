@@ -13,11 +13,13 @@ the points with one backend, chosen by :func:`select_passes`:
 passes                  arrays                  loops
 ======================  ======================  ===========================
 :class:`ArrayPasses`    NumPy without the C     array operations over
-                        kernels; CuPy           blocks of samples
-                                                (:mod:`~mn_chainer.
-                                                functions.batch_blocks`)
+                        kernels; CuPy with      blocks of samples
+                        :data:`USE_KERNELS`     (:mod:`~mn_chainer.
+                        False                   functions.batch_blocks`)
 :class:`CKernelPasses`  NumPy                   C kernels (:mod:`mn_chainer.
                                                 transform_kernels`)
+:class:`CudaPasses`     CuPy                    CUDA kernels
+                                                (:mod:`mn_chainer.kernels`)
 ======================  ======================  ===========================
 
 :class:`ArrayPasses` is the reference: the kernels' tests compare with it.
@@ -43,12 +45,14 @@ import collections
 import numpy
 
 from mn_chainer import cpu_kernels
+from mn_chainer import kernels
 from mn_chainer import transform_kernels
 from mn_chainer.functions import batch_blocks
 
 
 #: Whether the transform runs its fused kernels where they apply (the C
-#: kernels on NumPy where :func:`mn_chainer.cpu_kernels.available`).
+#: kernels on NumPy where :func:`mn_chainer.cpu_kernels.available`, the CUDA
+#: kernels on CuPy).
 #: False: :class:`ArrayPasses` everywhere (to compare the two, e.g.
 #: ``benchmarks/bench_layer.py --transform array``).
 USE_KERNELS = True
@@ -74,9 +78,9 @@ def select_passes(xp):
     backend switch; see the module's table)."""
     if not USE_KERNELS:
         return ArrayPasses
-    if xp is numpy and cpu_kernels.available():
-        return CKernelPasses
-    return ArrayPasses
+    if xp is not numpy:
+        return CudaPasses
+    return CKernelPasses if cpu_kernels.available() else ArrayPasses
 
 
 # ---------------------------------------------------------------------------
@@ -312,11 +316,13 @@ class ArrayPasses(object):
 
 class _KernelPasses(object):
 
-    """The passes as fused kernels (:attr:`kernels`: a module of
+    """The passes as fused kernels (:attr:`module`: a module of
     ``mix_sums``, ``mix_forward`` and ``mix_grad_x``), each reading the
-    batch once, their sums accumulated in double."""
+    batch once; their sums accumulated in double (C), or in partial sums
+    over a few points added in float64 (CUDA)."""
 
-    kernels = None
+    #: The kernels' module.
+    module = None
 
     def __init__(self, xp, x3, shift):
         self.xp = xp
@@ -334,20 +340,20 @@ class _KernelPasses(object):
 
     def moment_sums(self, t3):
         """As :meth:`ArrayPasses.moment_sums` (``s`` in float64)."""
-        sum_x, sum_sq = self.kernels.mix_sums(self.x3, t3, self.shift)
+        sum_x, sum_sq = self.module.mix_sums(self.x3, t3, self.shift)
         return t3.sum(axis=(0, 2), dtype=numpy.float64), sum_x, sum_sq
 
     def output(self, a, scale, offset, relu):
-        return self.kernels.mix_forward(self.x3, a, self.shift, scale,
-                                        offset, relu)
+        return self.module.mix_forward(self.x3, a, self.shift, scale, offset,
+                                       relu)
 
     def gradient_sums(self, a, g3, mask, u):
-        return tuple(self.kernels.mix_sums(self.x3, a, self.shift, g3,
-                                           self._mask(mask)))
+        return tuple(self.module.mix_sums(self.x3, a, self.shift, g3,
+                                          self._mask(mask)))
 
     def input_gradient(self, a, g3, mask, u, w1, w2):
-        return self.kernels.mix_grad_x(self.x3, a, g3, self.shift, u, w1, w2,
-                                       self._mask(mask))
+        return self.module.mix_grad_x(self.x3, a, g3, self.shift, u, w1, w2,
+                                      self._mask(mask))
 
 
 class CKernelPasses(_KernelPasses):
@@ -355,4 +361,12 @@ class CKernelPasses(_KernelPasses):
     """The passes as the C kernels of :mod:`mn_chainer.transform_kernels`
     (NumPy, where :func:`mn_chainer.cpu_kernels.available`)."""
 
-    kernels = transform_kernels
+    module = transform_kernels
+
+
+class CudaPasses(_KernelPasses):
+
+    """The passes as the CUDA kernels of :mod:`mn_chainer.kernels` (CuPy).
+    """
+
+    module = kernels
