@@ -28,6 +28,8 @@ Usage::
     python benchmarks/bench_epoch.py --data cifar10.npz --train-subset 8192 \\
         --widths 32,64,128,128 -b 128
     python benchmarks/bench_epoch.py --data cifar10.npz --device 0
+    # the MN transform's loops as array operations (A/B of its kernels)
+    python benchmarks/bench_epoch.py --data cifar10.npz --transform array
 """
 import argparse
 import json
@@ -42,6 +44,7 @@ import chainer.links as L
 
 import interleave
 import mn_chainer.datasets
+from mn_chainer.functions import transform_passes
 import mn_chainer.links
 import mn_chainer.presets
 import mn_chainer.train
@@ -188,47 +191,8 @@ def _widths(text):
     return widths
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--data', default=None,
-                        help='CIFAR .npz file (default: Chainer download)')
-    parser.add_argument('--dataset', default='cifar10',
-                        choices=('cifar10', 'cifar100'))
-    parser.add_argument('--bn', default='BN-2',
-                        help='Preset of the BN model (default BN-2)')
-    parser.add_argument('--mn', default='MN-2',
-                        help='Preset of the MN model (default MN-2)')
-    parser.add_argument('--train-subset', type=int, default=None,
-                        help='Seeded random subset of the training set '
-                        '(an epoch of fewer steps)')
-    parser.add_argument('--batchsize', '-b', type=int, default=None,
-                        help="Mini-batch size (default: the presets')")
-    parser.add_argument('--widths', type=_widths, default=None,
-                        help='CIFAR CNN channel widths, e.g. 32,64,128,128 '
-                        '(default: the model\'s, 64,128,256,256)')
-    parser.add_argument('--warmup', type=int, default=2,
-                        help='Untimed steps of each model first')
-    parser.add_argument('--layer-reps', type=int, default=10,
-                        help='Timed calls of the norm layers alone (0: '
-                        'skip)')
-    parser.add_argument('--control', action='store_true',
-                        help='Also time a second BN model (BN*)')
-    parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--device', '-d', default='-1',
-                        help='Chainer device specifier (-1: CPU)')
-    parser.add_argument('--out', default=None,
-                        help='Write the measurements as JSON to this file')
-    args = parser.parse_args(argv)
-
-    presets = [mn_chainer.presets.get_preset(name, args.dataset)
-               for name in (args.bn, args.mn)]
-    if presets[0].model != presets[1].model:
-        parser.error('--bn {} and --mn {} train different models'.format(
-            args.bn, args.mn))
-    if presets[0].mn_layers or not presets[1].mn_layers:
-        parser.error('--bn must be a BN preset and --mn an MN preset')
-    batchsize = args.batchsize or presets[1].batchsize
-
+def _run(args, presets, batchsize):
+    """The epoch of ``args`` (parsed) and the layers, printed."""
     device = chainer.get_device(args.device)
     device.use()
     sync = interleave.synchronizer(device)
@@ -255,6 +219,8 @@ def main(argv=None):
     print('{} training images, batch {}: {} steps per model, {} warm-up; '
           'steps alternated'.format(info['n_train'], batchsize,
                                     len(batches), args.warmup))
+    print('MN transform: {}'.format(
+        transform_passes.select_passes(device.xp).__name__))
     with chainer.using_config('train', True):
         time_epoch(variants, train, batches[:1] * args.warmup, device,
                    sync)
@@ -319,7 +285,59 @@ def main(argv=None):
                        'presets': [p.id for p in presets],
                        'widths': args.widths, 'batchsize': batchsize,
                        'n_train': info['n_train'], 'steps': len(batches),
+                       'transform': transform_passes.select_passes(
+                           device.xp).__name__,
                        'results': results, 'layers': layers}, f, indent=1)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--data', default=None,
+                        help='CIFAR .npz file (default: Chainer download)')
+    parser.add_argument('--dataset', default='cifar10',
+                        choices=('cifar10', 'cifar100'))
+    parser.add_argument('--bn', default='BN-2',
+                        help='Preset of the BN model (default BN-2)')
+    parser.add_argument('--mn', default='MN-2',
+                        help='Preset of the MN model (default MN-2)')
+    parser.add_argument('--train-subset', type=int, default=None,
+                        help='Seeded random subset of the training set '
+                        '(an epoch of fewer steps)')
+    parser.add_argument('--batchsize', '-b', type=int, default=None,
+                        help="Mini-batch size (default: the presets')")
+    parser.add_argument('--widths', type=_widths, default=None,
+                        help='CIFAR CNN channel widths, e.g. 32,64,128,128 '
+                        '(default: the model\'s, 64,128,256,256)')
+    parser.add_argument('--warmup', type=int, default=2,
+                        help='Untimed steps of each model first')
+    parser.add_argument('--layer-reps', type=int, default=10,
+                        help='Timed calls of the norm layers alone (0: '
+                        'skip)')
+    parser.add_argument('--control', action='store_true',
+                        help='Also time a second BN model (BN*)')
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--device', '-d', default='-1',
+                        help='Chainer device specifier (-1: CPU)')
+    parser.add_argument('--transform', choices=('fused', 'array'),
+                        default='fused',
+                        help='The loops of the MN transform: its fused '
+                        'kernels where they apply (C on the CPU, CUDA on '
+                        'a GPU), or array operations over blocks (the '
+                        'reference)')
+    parser.add_argument('--out', default=None,
+                        help='Write the measurements as JSON to this file')
+    args = parser.parse_args(argv)
+
+    presets = [mn_chainer.presets.get_preset(name, args.dataset)
+               for name in (args.bn, args.mn)]
+    if presets[0].model != presets[1].model:
+        parser.error('--bn {} and --mn {} train different models'.format(
+            args.bn, args.mn))
+    if presets[0].mn_layers or not presets[1].mn_layers:
+        parser.error('--bn must be a BN preset and --mn an MN preset')
+    batchsize = args.batchsize or presets[1].batchsize
+    with transform_passes.using_kernels(args.transform == 'fused'):
+        _run(args, presets, batchsize)
 
 
 if __name__ == '__main__':

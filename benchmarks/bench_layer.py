@@ -192,12 +192,8 @@ def main(argv=None):
     if args.repeats < 1:
         parser.error('--repeats must be at least 1')
 
-    previous = transform_passes.USE_KERNELS
-    transform_passes.USE_KERNELS = args.transform == 'fused'
-    try:
+    with transform_passes.using_kernels(args.transform == 'fused'):
         _run(args)
-    finally:
-        transform_passes.USE_KERNELS = previous
 
 
 if __name__ == '__main__':

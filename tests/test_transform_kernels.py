@@ -16,6 +16,7 @@ equations run on both paths in ``test_transform_blocks.py``.  On a GPU the
 transform through the CUDA kernels equals its array passes (the kernels
 themselves are tested in ``test_kernels.py``).
 """
+import json
 import os
 import sys
 
@@ -26,6 +27,7 @@ from chainer import gradient_check
 
 import backends
 from backends import skip_gpu_tests_without_gpu  # NOQA: F401 (fixture)
+import cifar_files
 from mn_chainer import cpu_kernels
 import mn_chainer.functions as MF
 from mn_chainer.functions import transform_passes
@@ -322,13 +324,31 @@ def test_passes_chosen_by_backend_and_switches(monkeypatch):
         transform_passes.ArrayPasses)
 
 
-def test_bench_layer_runs_either_transform(monkeypatch, capsys):
-    """``bench_layer.py --transform array`` times the array passes and
-    leaves the switch as it found it."""
+def test_using_kernels_restores_the_switch(monkeypatch):
+    transform_cases.require_c_kernels(monkeypatch)
+    with transform_passes.using_kernels(False):
+        assert transform_passes.select_passes(numpy) is (
+            transform_passes.ArrayPasses)
+        with pytest.raises(RuntimeError, match='inside'):
+            with transform_passes.using_kernels(True):
+                assert transform_passes.select_passes(numpy) is (
+                    transform_passes.CKernelPasses)
+                raise RuntimeError('inside')
+        assert not transform_passes.USE_KERNELS
+    assert transform_passes.USE_KERNELS
+
+
+def test_benchmarks_run_either_transform(monkeypatch, tmp_path, capsys):
+    """``bench_layer.py`` and ``bench_epoch.py`` with ``--transform array``
+    time the array passes, with ``fused`` the kernels, and leave the switch
+    as they found it."""
     transform_cases.require_c_kernels(monkeypatch)
     monkeypatch.syspath_prepend(os.path.join(os.path.dirname(
         os.path.dirname(os.path.abspath(__file__))), 'benchmarks'))
+    import bench_epoch
     import bench_layer
+    data = str(tmp_path / 'cifar.npz')
+    cifar_files.write_tiny_cifar(data, n_train=12, n_test=4)
     try:
         for path, passes in (('array', 'ArrayPasses'),
                              ('fused', 'CKernelPasses')):
@@ -338,7 +358,14 @@ def test_bench_layer_runs_either_transform(monkeypatch, capsys):
                               'on', '--transform', path])
             assert 'MN transform: {}'.format(passes) in capsys.readouterr(
             ).out
+            out = str(tmp_path / 'epoch.json')
+            bench_epoch.main(['--data', data, '--train-subset', '8', '-b',
+                              '8', '--widths', '4,4,8,8', '--warmup', '0',
+                              '--layer-reps', '1', '--out', out,
+                              '--transform', path])
+            with open(out) as f:
+                assert json.load(f)['transform'] == passes
             assert transform_passes.USE_KERNELS
     finally:
-        for name in ('bench_layer', 'interleave'):
+        for name in ('bench_epoch', 'bench_layer', 'interleave'):
             sys.modules.pop(name, None)

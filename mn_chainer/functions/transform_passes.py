@@ -41,6 +41,7 @@ backward passes as a :class:`ReluMask`.  The four passes:
   ``a, g, mask, u`` (a backend may start on it there).
 """
 import collections
+import contextlib
 
 import numpy
 
@@ -56,6 +57,18 @@ from mn_chainer.functions import batch_blocks
 #: False: :class:`ArrayPasses` everywhere (to compare the two, e.g.
 #: ``benchmarks/bench_layer.py --transform array``).
 USE_KERNELS = True
+
+
+@contextlib.contextmanager
+def using_kernels(enabled):
+    """Sets :data:`USE_KERNELS` to ``enabled`` within the context (restored
+    after it)."""
+    global USE_KERNELS
+    previous, USE_KERNELS = USE_KERNELS, bool(enabled)
+    try:
+        yield
+    finally:
+        USE_KERNELS = previous
 
 
 class ReluMask(collections.namedtuple('ReluMask', ('sign', 'thresholds'))):
