@@ -318,12 +318,7 @@ def main(argv=None):
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--device', '-d', default='-1',
                         help='Chainer device specifier (-1: CPU)')
-    parser.add_argument('--transform', choices=('fused', 'array'),
-                        default='fused',
-                        help='The loops of the MN transform: its fused '
-                        'kernels where they apply (C on the CPU, CUDA on '
-                        'a GPU), or array operations over blocks (the '
-                        'reference)')
+    interleave.add_transform_argument(parser)
     parser.add_argument('--out', default=None,
                         help='Write the measurements as JSON to this file')
     args = parser.parse_args(argv)

@@ -174,12 +174,7 @@ def main(argv=None):
                         'the per-component ReLU (on: Eq. 40, then ReLU, '
                         'against BN then ReLU), or both')
     parser.add_argument('--em-iter', type=int, default=2)
-    parser.add_argument('--transform', choices=('fused', 'array'),
-                        default='fused',
-                        help='The loops of the MN transform: its fused '
-                        'kernels where they apply (C on the CPU, CUDA on '
-                        'a GPU), or array operations over blocks (the '
-                        'reference; the fit is the same)')
+    interleave.add_transform_argument(parser)
     parser.add_argument('--clock', choices=sorted(interleave.CLOCKS),
                         default='wall',
                         help='Time with the wall clock, or with the CPU '

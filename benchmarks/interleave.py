@@ -27,6 +27,18 @@ def synchronizer(device):
 CLOCKS = {'wall': time.perf_counter, 'cpu': time.process_time}
 
 
+def add_transform_argument(parser):
+    """``--transform fused|array``: the MN transform's loops as its fused
+    kernels or as the array operations (the A/B of
+    :func:`mn_chainer.functions.transform_passes.using_kernels`)."""
+    parser.add_argument('--transform', choices=('fused', 'array'),
+                        default='fused',
+                        help='The loops of the MN transform: its fused '
+                        'kernels where they apply (C on the CPU, CUDA on '
+                        'a GPU), or array operations over blocks (the '
+                        'reference; the fit is the same either way)')
+
+
 def interleaved(calls, rounds, sync, warmup=1, clock=time.perf_counter):
     """Seconds per call of each of ``calls`` (zero-argument functions).
 
