@@ -29,6 +29,7 @@ import tracemalloc
 
 import numpy
 
+import mn_chainer  # NOQA: F401 (before Chainer: quiets CuPy's NCCL warning)
 import chainer
 import chainer.functions as F
 import chainer.links as L

@@ -41,6 +41,7 @@ import argparse
 import json
 import statistics
 
+import mn_chainer  # NOQA: F401 (before Chainer: quiets CuPy's NCCL warning)
 import chainer
 import chainer.functions as F
 import chainer.links as L
