@@ -29,10 +29,11 @@ this checkout and the float64 references of ``tests/``)::
    variances against the float64 fit; float32 points spread over ~1e19
    (squares beyond float32): finite results, against the float64 fit.
 
-The fit runs the C kernels (:mod:`mn_chainer.cpu_kernels`) where they are
-built, else NumPy; ``--path numpy`` (or ``MN_CHAINER_CPU_KERNELS=0``) selects
-the NumPy passes, ``--path c`` insists on the kernels. The header says which
-ran. Everything is seeded; a run takes a few seconds. The same cases are
+The fit and the transform run their C kernels (:mod:`mn_chainer.cpu_kernels`,
+:mod:`mn_chainer.transform_kernels`) where they are built, else their NumPy
+passes; ``--path numpy`` (or ``MN_CHAINER_CPU_KERNELS=0``) selects the NumPy
+passes, ``--path c`` insists on the kernels. The header says which ran.
+Everything is seeded; a run takes a few seconds. The same cases are
 asserted by ``tests/test_transform_numerics.py`` and
 ``tests/test_fit_numerics.py``.
 """
@@ -301,7 +302,8 @@ def get_parser():
     parser.add_argument('--markdown', action='store_true',
                         help='print Markdown tables')
     parser.add_argument('--path', choices=('numpy', 'c'),
-                        help='CPU path of the fit (default: the C kernels '
+                        help='CPU path of the fit and the transform '
+                        '(default: the C kernels '
                         'where built and MN_CHAINER_CPU_KERNELS is not 0)')
     return parser
 
@@ -320,7 +322,7 @@ def main(argv=None):
             return 1
     render = compare.render_markdown if args.markdown \
         else compare.render_text
-    print('{}NumPy {}, Chainer {}, Python {}; fit: {}\n'.format(
+    print('{}NumPy {}, Chainer {}, Python {}; fit and transform: {}\n'.format(
         '' if args.markdown else '# ', numpy.__version__,
         chainer.__version__, platform.python_version(), _fit_path()))
     sys.stdout.write(render([transform_table()] + fit_tables()))

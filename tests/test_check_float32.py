@@ -35,7 +35,8 @@ def test_markdown_tables(tmp_path, path):
     assert result.returncode == 0, result.stderr
     assert result.stderr == ''
     out = result.stdout
-    assert ('fit: C kernels' if path == 'c' else 'fit: NumPy passes') in \
+    assert ('transform: C kernels' if path == 'c'
+            else 'transform: NumPy passes') in \
         out.splitlines()[0]
     rows = [line.split(' | ') for line in out.splitlines()
             if re.match(r'\| [13] \| (on|off) \|', line)]
@@ -65,7 +66,7 @@ def test_text_and_errors(tmp_path):
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].startswith('# NumPy ') and lines[0].endswith(
-        'fit: NumPy passes (MN_CHAINER_CPU_KERNELS=0)')
+        'fit and transform: NumPy passes (MN_CHAINER_CPU_KERNELS=0)')
     assert any(line.startswith('Fit item 3') for line in lines)
     result = _run(tmp_path, '--path', 'gpu')
     assert result.returncode == 2 and '--path' in result.stderr
