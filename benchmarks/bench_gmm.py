@@ -368,18 +368,22 @@ def main(argv=None):
     sk_dtypes = [] if args.skip_sklearn else sorted(set(dtypes)
                                                     | {'float64'})
 
+    if args.skip_sklearn:
+        reference = 'no scikit-learn'
+    else:
+        # Imported before the thread limits: threadpoolctl limits only the
+        # pools already loaded (scikit-learn brings SciPy's BLAS and OpenMP).
+        import sklearn
+        import sklearn.cluster  # NOQA: F401
+        import sklearn.mixture  # NOQA: F401
+        reference = 'scikit-learn {} in {} on CPU (Lloyd: {})'.format(
+            sklearn.__version__, '/'.join(sk_dtypes), args.sklearn_lloyd)
     limits = None
     if args.threads:
         if threadpoolctl is None:
             parser.error('--threads needs threadpoolctl')
         limits = threadpoolctl.threadpool_limits(limits=args.threads)
         os.environ['MN_CHAINER_CPU_THREADS'] = str(args.threads)
-    if args.skip_sklearn:
-        reference = 'no scikit-learn'
-    else:
-        import sklearn
-        reference = 'scikit-learn {} in {} on CPU (Lloyd: {})'.format(
-            sklearn.__version__, '/'.join(sk_dtypes), args.sklearn_lloyd)
     print('bench_gmm: ours on {} ({}), {}; python {}, numpy {}, {} CPU '
           'cores'.format(args.device, '/'.join(dtypes), reference,
                          platform.python_version(), numpy.__version__,
