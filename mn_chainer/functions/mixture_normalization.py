@@ -236,14 +236,12 @@ def _relu_mask(xp, gamma, scale, offset):
 
     Returns:
         ~mn_chainer.functions.transform_passes.ReluMask: ``sign(gamma)``
-        ``(C,)``, or None when ``gamma > 0`` everywhere, and the thresholds
-        ``(K, C)``.
+        ``(C,)`` and the thresholds ``(K, C)``.
     """
     magnitude = xp.abs(scale)
     zero = magnitude == 0
     thresholds = -offset / xp.where(zero, 1, magnitude)
-    sign = None if bool((gamma > 0).all()) else xp.sign(gamma)
-    return transform_passes.ReluMask(sign, thresholds)
+    return transform_passes.ReluMask(xp.sign(gamma), thresholds)
 
 
 class MixtureNormalization(function_node.FunctionNode):

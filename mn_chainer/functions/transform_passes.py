@@ -78,8 +78,7 @@ class ReluMask(collections.namedtuple('ReluMask', ('sign', 'thresholds'))):
     thresholds_k``.
 
     Attributes:
-        sign: ``sign(gamma)`` ``(C,)``, or None where ``gamma > 0``
-            everywhere.
+        sign: ``sign(gamma)`` ``(C,)``.
         thresholds: ``(K, C)``.
     """
 
@@ -252,6 +251,11 @@ class ArrayPasses(object):
     def _masked_sums(self, a, g3, mask, u):
         xp, blocks = self.xp, self.blocks
         sign = mask.sign
+        if xp is numpy and (sign > 0).all():
+            # gamma > 0 everywhere (the usual case): no multiplication by
+            # the sign (checked on NumPy only: on CuPy it would wait for
+            # the device).
+            sign = None
         u = blocks.per_channel(u)
         thresholds = blocks.per_channel(mask.thresholds)
         n_components = a.shape[1]
@@ -343,14 +347,6 @@ class _KernelPasses(object):
         self.shift = xp.zeros(x3.shape[1], x3.dtype) if shift is None \
             else shift
 
-    def _mask(self, mask):
-        if mask is None:
-            return None
-        sign = mask.sign
-        if sign is None:
-            sign = self.xp.ones(self.x3.shape[1], self.x3.dtype)
-        return sign, mask.thresholds
-
     def moment_sums(self, t3):
         """As :meth:`ArrayPasses.moment_sums` (``s`` in float64)."""
         sum_x, sum_sq = self.module.mix_sums(self.x3, t3, self.shift)
@@ -361,12 +357,11 @@ class _KernelPasses(object):
                                        relu)
 
     def gradient_sums(self, a, g3, mask, u):
-        return tuple(self.module.mix_sums(self.x3, a, self.shift, g3,
-                                          self._mask(mask)))
+        return tuple(self.module.mix_sums(self.x3, a, self.shift, g3, mask))
 
     def input_gradient(self, a, g3, mask, u, w1, w2):
         return self.module.mix_grad_x(self.x3, a, g3, self.shift, u, w1, w2,
-                                      self._mask(mask))
+                                      mask)
 
 
 class CKernelPasses(_KernelPasses):
