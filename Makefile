@@ -14,7 +14,7 @@ all: demo
 
 $(VENV)/.installed: setup.py requirements.txt requirements-test.txt \
 		mn_chainer/_cpu_kernels.c mn_chainer/_cpu_kernels_impl.h \
-		mn_chainer/_transform_kernels_impl.h
+		mn_chainer/_transform_kernels_impl.h mn_chainer/_thread_team.h
 	test -x $(PY) || "$$(tools/find_python310.sh)" -m venv $(VENV)
 	$(PIP) install "setuptools<70" wheel "numpy<2"
 	$(PIP) install --no-build-isolation -r requirements.txt -r requirements-test.txt

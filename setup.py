@@ -10,9 +10,11 @@ cpu_kernels = setuptools.Extension(
     'mn_chainer._cpu_kernels',
     sources=['mn_chainer/_cpu_kernels.c'],
     depends=['mn_chainer/_cpu_kernels_impl.h',
-             'mn_chainer/_transform_kernels_impl.h'],
+             'mn_chainer/_transform_kernels_impl.h',
+             'mn_chainer/_thread_team.h'],
     extra_compile_args=['-O3', '-std=c99', '-fopenmp-simd',
-                        '-ffp-contract=fast'],
+                        '-ffp-contract=fast', '-pthread'],
+    extra_link_args=['-pthread'],
     optional=True,
 )
 

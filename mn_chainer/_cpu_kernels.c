@@ -6,10 +6,11 @@
  * below exists so that setuptools builds and installs the shared library,
  * and gives the address of an array's data cheaply;
  * mn_chainer/cpu_kernels.py loads the library with ctypes, and it and
- * mn_chainer/transform_kernels.py check every argument and run chunks of
- * rows on several threads.  The kernels are instantiated for float and
- * double from _cpu_kernels_impl.h (the fit) and _transform_kernels_impl.h
- * (the transform).  On x86-64
+ * mn_chainer/transform_kernels.py check every argument and cut the rows
+ * into chunks, which each kernel runs on several threads (_thread_team.h).
+ * The kernels are instantiated for float and double from
+ * _cpu_kernels_impl.h (the fit) and _transform_kernels_impl.h (the
+ * transform).  On x86-64
  * Linux with GCC 12 or later every kernel is compiled for AVX-512
  * (x86-64-v4), AVX2 + FMA (x86-64-v3) and the baseline, the one the CPU
  * supports being picked when the library loads.
@@ -30,18 +31,8 @@
 #define MN_CLONES
 #endif
 
-/*
- * The rows of a pass come in chunks, which the threads that call a kernel
- * take in turn until none is left (a thread that starts late, or shares
- * its core, takes fewer): chunk c is the rows [bounds[c], bounds[c + 1]) of
- * n_chunks, *next the next chunk to take (zero before the pass).  Each
- * chunk's sums go to buffers of its own, which the caller adds in chunk
- * order: the results depend on the chunks (mn_chainer/cpu_kernels.py cuts
- * them by the pass's work), never on the threads or their timing.
- */
-#define MN_EACH_CHUNK(c) \
-    for (int64_t c; (c = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED)) \
-                    < n_chunks;)
+/* The threads of the passes, and their chunks of rows (MN_EACH_CHUNK). */
+#include "_thread_team.h"
 
 /*
  * Rows per tile of the E-step and M-step kernels.  The tile functions of

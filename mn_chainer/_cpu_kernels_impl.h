@@ -4,10 +4,10 @@
  * Included once per type with REAL (float or double), NAME(n) (the
  * function name with a type suffix), EXP, LOG and MN_FUSED_FORMS defined.
  * A pass over a C-contiguous (m, d) point matrix is a function of the
- * rows [r0, r1) (NAME(mn_..._rows)) and the exported kernel that runs it
- * on the chunks of rows that its thread takes (MN_EACH_CHUNK of
- * _cpu_kernels.c), each chunk with its own output sums; the caller
- * (mn_chainer/cpu_kernels.py) runs the kernel on several threads.  Their
+ * rows [r0, r1) (NAME(mn_..._rows)), a task that runs it on the chunks of
+ * rows that its thread takes (MN_EACH_CHUNK of _thread_team.h), each chunk
+ * with its own output sums, and the exported kernel that runs the task on
+ * the caller's number of threads (mn_chainer/cpu_kernels.py chooses it).  Their
  * NumPy twins are the passes of mn_chainer/fit_passes.py (ArrayPasses);
  * the tests compare them, and both with float64 references.
  *
@@ -121,19 +121,40 @@ static inline __attribute__((always_inline)) void NAME(mn_column_rows)(
 
 /*
  * The column pass: NAME(mn_column_rows) of every chunk c, its sums and
- * maxima at sums + c * sums_stride and amax + c * amax_stride.
+ * maxima at sums + c * sums_stride and amax + c * amax_stride, on
+ * `threads` threads.
  */
+typedef struct {
+    const REAL *points, *first;
+    double *sums;
+    int64_t sums_stride;
+    REAL *amax;
+    int64_t amax_stride;
+    REAL *d2;
+    int64_t d;
+    MN_CHUNK_FIELDS;
+} NAME(mn_column_frame);
+
 MN_CLONES
+static void NAME(mn_column_task)(void *frame, int64_t thread)
+{
+    NAME(mn_column_frame) *f = frame;
+    (void)thread;
+    MN_EACH_CHUNK(c, f)
+        NAME(mn_column_rows)(f->points, f->first, f->sums + c * f->sums_stride,
+                             f->amax + c * f->amax_stride, f->d2, f->d,
+                             f->bounds[c], f->bounds[c + 1]);
+}
+
 void NAME(mn_column_sums)(const REAL *points, const REAL *first,
                           double *sums, int64_t sums_stride, REAL *amax,
                           int64_t amax_stride, REAL *d2, int64_t d,
                           const int64_t *bounds, int64_t n_chunks,
-                          int64_t *next)
+                          int64_t threads)
 {
-    MN_EACH_CHUNK(c)
-        NAME(mn_column_rows)(points, first, sums + c * sums_stride,
-                             amax + c * amax_stride, d2, d, bounds[c],
-                             bounds[c + 1]);
+    NAME(mn_column_frame) f = {points, first, sums, sums_stride, amax,
+                               amax_stride, d2, d, bounds, n_chunks, 0};
+    mn_team_run(NAME(mn_column_task), &f, threads);
 }
 
 /*
@@ -220,18 +241,36 @@ static inline __attribute__((always_inline)) void NAME(mn_candidate_rows)(
 
 /*
  * The distances of a round: NAME(mn_candidate_rows) of every chunk c, its
- * potentials at potential + c * stride.
+ * potentials at potential + c * stride, on `threads` threads.
  */
+typedef struct {
+    const REAL *x, *cand, *closest;
+    REAL *out;
+    double *potential;
+    int64_t stride, m, d, t;
+    MN_CHUNK_FIELDS;
+} NAME(mn_candidate_frame);
+
 MN_CLONES
+static void NAME(mn_candidate_task)(void *frame, int64_t thread)
+{
+    NAME(mn_candidate_frame) *f = frame;
+    (void)thread;
+    MN_EACH_CHUNK(c, f)
+        NAME(mn_candidate_rows)(f->x, f->cand, f->closest, f->out,
+                                f->potential + c * f->stride, f->m, f->d,
+                                f->t, f->bounds[c], f->bounds[c + 1]);
+}
+
 void NAME(mn_candidate_d2)(const REAL *x, const REAL *cand,
                            const REAL *closest, REAL *out,
                            double *potential, int64_t stride, int64_t m,
                            int64_t d, int64_t t, const int64_t *bounds,
-                           int64_t n_chunks, int64_t *next)
+                           int64_t n_chunks, int64_t threads)
 {
-    MN_EACH_CHUNK(c)
-        NAME(mn_candidate_rows)(x, cand, closest, out, potential + c * stride,
-                                m, d, t, bounds[c], bounds[c + 1]);
+    NAME(mn_candidate_frame) f = {x, cand, closest, out, potential, stride,
+                                  m, d, t, bounds, n_chunks, 0};
+    mn_team_run(NAME(mn_candidate_task), &f, threads);
 }
 
 /*
@@ -300,20 +339,42 @@ static inline __attribute__((always_inline)) void NAME(mn_cluster_rows)(
 
 /*
  * The clusters' sums: NAME(mn_cluster_rows) of every chunk c, its sums at
- * sums + c * sums_stride and counts + c * counts_stride.
+ * sums + c * sums_stride and counts + c * counts_stride, on `threads`
+ * threads.
  */
+typedef struct {
+    const REAL *points, *shift;
+    const int64_t *labels;
+    double *sums;
+    int64_t sums_stride;
+    double *counts;
+    int64_t counts_stride, d;
+    MN_CHUNK_FIELDS;
+} NAME(mn_cluster_frame);
+
 MN_CLONES
+static void NAME(mn_cluster_task)(void *frame, int64_t thread)
+{
+    NAME(mn_cluster_frame) *f = frame;
+    (void)thread;
+    MN_EACH_CHUNK(c, f)
+        NAME(mn_cluster_rows)(f->points, f->shift, f->labels,
+                              f->sums + c * f->sums_stride,
+                              f->counts + c * f->counts_stride, f->d,
+                              f->bounds[c], f->bounds[c + 1]);
+}
+
 void NAME(mn_cluster_sums)(const REAL *points, const REAL *shift,
                            const int64_t *labels, double *sums,
                            int64_t sums_stride, double *counts,
                            int64_t counts_stride, int64_t d,
                            const int64_t *bounds, int64_t n_chunks,
-                           int64_t *next)
+                           int64_t threads)
 {
-    MN_EACH_CHUNK(c)
-        NAME(mn_cluster_rows)(points, shift, labels, sums + c * sums_stride,
-                              counts + c * counts_stride, d, bounds[c],
-                              bounds[c + 1]);
+    NAME(mn_cluster_frame) f = {points, shift, labels, sums, sums_stride,
+                                counts, counts_stride, d, bounds, n_chunks,
+                                0};
+    mn_team_run(NAME(mn_cluster_task), &f, threads);
 }
 
 /*
@@ -569,25 +630,57 @@ static inline __attribute__((always_inline)) void NAME(mn_em_rows)(
 }
 
 /*
- * One EM step's sums: NAME(mn_em_rows) of every chunk c, its sums at
- * sums + c * sums_stride and nk + c * nk_stride; a, b and cst the E-step's
- * coefficients and constants (NAME(mn_log_prob_tile)), scratch this
- * thread's NAME(mn_scratch_size)(d, K) values.
+ * The arguments of the E-step kernels (mn_em_sums, mn_log_resp): the
+ * points, the frame's origin, the E-step's coefficients a, b and constants
+ * cst (NAME(mn_log_prob_tile)), the floor of the log-densities, and the
+ * threads' scratch: thread p's NAME(mn_scratch_size)(d, K) values at
+ * scratch + p * scratch_stride.
  */
+#define MN_E_STEP_FIELDS \
+    const REAL *points, *shift, *a, *b, *cst; \
+    REAL floor_; \
+    REAL *scratch; \
+    int64_t scratch_stride, d, k_total
+
+/*
+ * One EM step's sums: NAME(mn_em_rows) of every chunk c, its sums at
+ * sums + c * sums_stride and nk + c * nk_stride, on `threads` threads.
+ */
+typedef struct {
+    MN_E_STEP_FIELDS;
+    double *sums;
+    int64_t sums_stride;
+    double *nk;
+    int64_t nk_stride;
+    MN_CHUNK_FIELDS;
+} NAME(mn_em_frame);
+
 MN_CLONES
+static void NAME(mn_em_task)(void *frame, int64_t thread)
+{
+    NAME(mn_em_frame) *f = frame;
+    const NAME(mn_tile_scratch) s = NAME(mn_carve_scratch)(
+        f->scratch + thread * f->scratch_stride, f->a, f->b, f->d,
+        f->k_total, f->floor_);
+    MN_EACH_CHUNK(c, f)
+        NAME(mn_em_rows)(f->points, f->shift, &s, f->cst,
+                         f->sums + c * f->sums_stride,
+                         f->nk + c * f->nk_stride, f->d, f->k_total,
+                         f->bounds[c], f->bounds[c + 1]);
+}
+
 void NAME(mn_em_sums)(const REAL *points, const REAL *shift, const REAL *a,
                       const REAL *b, const REAL *cst, REAL floor_,
                       double *sums, int64_t sums_stride, double *nk,
-                      int64_t nk_stride, REAL *scratch, int64_t d,
-                      int64_t k_total, const int64_t *bounds,
-                      int64_t n_chunks, int64_t *next)
+                      int64_t nk_stride, REAL *scratch,
+                      int64_t scratch_stride, int64_t d, int64_t k_total,
+                      const int64_t *bounds, int64_t n_chunks,
+                      int64_t threads)
 {
-    const NAME(mn_tile_scratch) s = NAME(mn_carve_scratch)(scratch, a, b, d,
-                                                           k_total, floor_);
-    MN_EACH_CHUNK(c)
-        NAME(mn_em_rows)(points, shift, &s, cst, sums + c * sums_stride,
-                         nk + c * nk_stride, d, k_total, bounds[c],
-                         bounds[c + 1]);
+    NAME(mn_em_frame) f = {points, shift, a, b, cst, floor_, scratch,
+                           scratch_stride, d, k_total, sums, sums_stride,
+                           nk, nk_stride, bounds, n_chunks, 0};
+    mn_team_run(NAME(mn_em_task), &f, threads);
 }
 
 /*
@@ -622,22 +715,42 @@ static inline __attribute__((always_inline)) void NAME(mn_log_resp_rows)(
 }
 
 /*
- * The E-step in log space: NAME(mn_log_resp_rows) of every chunk; a, b,
- * cst and scratch as in NAME(mn_em_sums).
+ * The E-step in log space: NAME(mn_log_resp_rows) of every chunk, on
+ * `threads` threads.
  */
+typedef struct {
+    MN_E_STEP_FIELDS;
+    REAL *out, *log_norm;
+    MN_CHUNK_FIELDS;
+} NAME(mn_log_resp_frame);
+
 MN_CLONES
+static void NAME(mn_log_resp_task)(void *frame, int64_t thread)
+{
+    NAME(mn_log_resp_frame) *f = frame;
+    const NAME(mn_tile_scratch) s = NAME(mn_carve_scratch)(
+        f->scratch + thread * f->scratch_stride, f->a, f->b, f->d,
+        f->k_total, f->floor_);
+    MN_EACH_CHUNK(c, f)
+        NAME(mn_log_resp_rows)(f->points, f->shift, &s, f->cst, f->out,
+                               f->log_norm, f->d, f->k_total, f->bounds[c],
+                               f->bounds[c + 1]);
+}
+
 void NAME(mn_log_resp)(const REAL *points, const REAL *shift, const REAL *a,
                        const REAL *b, const REAL *cst, REAL floor_,
-                       REAL *out, REAL *log_norm, REAL *scratch, int64_t d,
-                       int64_t k_total, const int64_t *bounds,
-                       int64_t n_chunks, int64_t *next)
+                       REAL *out, REAL *log_norm, REAL *scratch,
+                       int64_t scratch_stride, int64_t d, int64_t k_total,
+                       const int64_t *bounds, int64_t n_chunks,
+                       int64_t threads)
 {
-    const NAME(mn_tile_scratch) s = NAME(mn_carve_scratch)(scratch, a, b, d,
-                                                           k_total, floor_);
-    MN_EACH_CHUNK(c)
-        NAME(mn_log_resp_rows)(points, shift, &s, cst, out, log_norm, d,
-                               k_total, bounds[c], bounds[c + 1]);
+    NAME(mn_log_resp_frame) f = {points, shift, a, b, cst, floor_, scratch,
+                                 scratch_stride, d, k_total, out, log_norm,
+                                 bounds, n_chunks, 0};
+    mn_team_run(NAME(mn_log_resp_task), &f, threads);
 }
+
+#undef MN_E_STEP_FIELDS
 
 #undef LANES
 #undef PADDED

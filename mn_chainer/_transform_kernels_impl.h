@@ -13,7 +13,7 @@
  * (C) and per-component, per-channel values (K, C), all C-contiguous.
  * Every pass works on x - shift (shift (C): the origin of the statistics'
  * sums, zero where none is needed) and visits the batch by *lines*, the
- * units its chunks are cut in (MN_EACH_CHUNK of _cpu_kernels.c):
+ * units its chunks are cut in (MN_EACH_CHUNK of _thread_team.h):
  *   P > 1: the N * C lines x[n, c, :] of P values, one channel of one
  *     sample: the coefficients of its points are the rows w[n, k, :], the
  *     per-channel values one number each; the inner loops run along the
@@ -125,37 +125,56 @@ static inline __attribute__((always_inline)) void NAME(mn_mix_sums_points)(
 
 /*
  * The sums of one pass (NAME(mn_mix_sums_lines)) for every chunk c of the
- * lines, its sums at sums + c * stride.
+ * lines, its sums at sums + c * stride, on `threads` threads.
  */
+typedef struct {
+    const REAL *x, *v, *w, *shift, *sign, *thr;
+    double *sums;
+    int64_t stride, n_channels, size, k_total;
+    MN_CHUNK_FIELDS;
+} NAME(mn_mix_sums_frame);
+
 MN_CLONES
-void NAME(mn_mix_sums)(const REAL *x, const REAL *v, const REAL *w,
-                       const REAL *shift, const REAL *sign, const REAL *thr,
-                       double *sums, int64_t stride, int64_t n_channels,
-                       int64_t size, int64_t k_total, const int64_t *bounds,
-                       int64_t n_chunks, int64_t *next)
+static void NAME(mn_mix_sums_task)(void *frame, int64_t thread)
 {
+    NAME(mn_mix_sums_frame) *f = frame;
+    (void)thread;
     /* The three forms, each compiled with its flags as constants. */
 #define MN_SUMS(has_v, masked) do { \
-        if (size == 1) \
-            NAME(mn_mix_sums_points)(x, v, w, shift, sign, thr, \
-                                     sums + c * stride, n_channels, k_total, \
-                                     bounds[c], bounds[c + 1], has_v, \
+        if (f->size == 1) \
+            NAME(mn_mix_sums_points)(f->x, f->v, f->w, f->shift, f->sign, \
+                                     f->thr, f->sums + c * f->stride, \
+                                     f->n_channels, f->k_total, \
+                                     f->bounds[c], f->bounds[c + 1], has_v, \
                                      masked); \
         else \
-            NAME(mn_mix_sums_lines)(x, v, w, shift, sign, thr, \
-                                    sums + c * stride, n_channels, size, \
-                                    k_total, bounds[c], bounds[c + 1], \
-                                    has_v, masked); \
+            NAME(mn_mix_sums_lines)(f->x, f->v, f->w, f->shift, f->sign, \
+                                    f->thr, f->sums + c * f->stride, \
+                                    f->n_channels, f->size, f->k_total, \
+                                    f->bounds[c], f->bounds[c + 1], has_v, \
+                                    masked); \
     } while (0)
-    MN_EACH_CHUNK(c) {
-        if (v == NULL)
+    MN_EACH_CHUNK(c, f) {
+        if (f->v == NULL)
             MN_SUMS(0, 0);
-        else if (sign == NULL)
+        else if (f->sign == NULL)
             MN_SUMS(1, 0);
         else
             MN_SUMS(1, 1);
     }
 #undef MN_SUMS
+}
+
+void NAME(mn_mix_sums)(const REAL *x, const REAL *v, const REAL *w,
+                       const REAL *shift, const REAL *sign, const REAL *thr,
+                       double *sums, int64_t stride, int64_t n_channels,
+                       int64_t size, int64_t k_total, const int64_t *bounds,
+                       int64_t n_chunks, int64_t threads)
+{
+    NAME(mn_mix_sums_frame) f = {x, v, w, shift, sign, thr, sums, stride,
+                                 n_channels, size, k_total, bounds, n_chunks,
+                                 0};
+    mn_team_run(NAME(mn_mix_sums_task), &f, threads);
 }
 
 /*
@@ -223,33 +242,53 @@ static inline __attribute__((always_inline)) void NAME(mn_mix_forward_points)(
     }
 }
 
-/* The output (NAME(mn_mix_forward_lines)) of every chunk of lines; relu
- * is 0 or 1. */
+/* The output (NAME(mn_mix_forward_lines)) of every chunk of lines, on
+ * `threads` threads; relu is 0 or 1. */
+typedef struct {
+    const REAL *x, *a, *shift, *scale, *offset;
+    int64_t relu;
+    REAL *y;
+    int64_t n_channels, size, k_total;
+    MN_CHUNK_FIELDS;
+} NAME(mn_mix_forward_frame);
+
 MN_CLONES
-void NAME(mn_mix_forward)(const REAL *x, const REAL *a, const REAL *shift,
-                          const REAL *scale, const REAL *offset, int64_t relu,
-                          REAL *y, int64_t n_channels, int64_t size,
-                          int64_t k_total, const int64_t *bounds,
-                          int64_t n_chunks, int64_t *next)
+static void NAME(mn_mix_forward_task)(void *frame, int64_t thread)
 {
+    NAME(mn_mix_forward_frame) *f = frame;
+    (void)thread;
     /* The two forms, each compiled with its flag as a constant. */
 #define MN_FORWARD(relu) do { \
-        if (size == 1) \
-            NAME(mn_mix_forward_points)(x, a, shift, scale, offset, y, \
-                                        n_channels, k_total, bounds[c], \
-                                        bounds[c + 1], relu); \
+        if (f->size == 1) \
+            NAME(mn_mix_forward_points)(f->x, f->a, f->shift, f->scale, \
+                                        f->offset, f->y, f->n_channels, \
+                                        f->k_total, f->bounds[c], \
+                                        f->bounds[c + 1], relu); \
         else \
-            NAME(mn_mix_forward_lines)(x, a, shift, scale, offset, y, \
-                                       n_channels, size, k_total, bounds[c], \
-                                       bounds[c + 1], relu); \
+            NAME(mn_mix_forward_lines)(f->x, f->a, f->shift, f->scale, \
+                                       f->offset, f->y, f->n_channels, \
+                                       f->size, f->k_total, f->bounds[c], \
+                                       f->bounds[c + 1], relu); \
     } while (0)
-    MN_EACH_CHUNK(c) {
-        if (relu)
+    MN_EACH_CHUNK(c, f) {
+        if (f->relu)
             MN_FORWARD(1);
         else
             MN_FORWARD(0);
     }
 #undef MN_FORWARD
+}
+
+void NAME(mn_mix_forward)(const REAL *x, const REAL *a, const REAL *shift,
+                          const REAL *scale, const REAL *offset, int64_t relu,
+                          REAL *y, int64_t n_channels, int64_t size,
+                          int64_t k_total, const int64_t *bounds,
+                          int64_t n_chunks, int64_t threads)
+{
+    NAME(mn_mix_forward_frame) f = {x, a, shift, scale, offset, relu, y,
+                                    n_channels, size, k_total, bounds,
+                                    n_chunks, 0};
+    mn_team_run(NAME(mn_mix_forward_task), &f, threads);
 }
 
 /*
@@ -327,32 +366,53 @@ static inline __attribute__((always_inline)) void NAME(mn_mix_grad_x_points)(
     }
 }
 
-/* The gradient (NAME(mn_mix_grad_x_lines)) of every chunk of lines; sign
- * and thr NULL: no mask. */
+/* The gradient (NAME(mn_mix_grad_x_lines)) of every chunk of lines, on
+ * `threads` threads; sign and thr NULL: no mask. */
+typedef struct {
+    const REAL *x, *a, *g, *shift, *sign, *thr, *u, *w1, *w2;
+    REAL *gx;
+    int64_t n_channels, size, k_total;
+    MN_CHUNK_FIELDS;
+} NAME(mn_mix_grad_x_frame);
+
 MN_CLONES
-void NAME(mn_mix_grad_x)(const REAL *x, const REAL *a, const REAL *g,
-                         const REAL *shift, const REAL *sign, const REAL *thr,
-                         const REAL *u, const REAL *w1, const REAL *w2,
-                         REAL *gx, int64_t n_channels, int64_t size,
-                         int64_t k_total, const int64_t *bounds,
-                         int64_t n_chunks, int64_t *next)
+static void NAME(mn_mix_grad_x_task)(void *frame, int64_t thread)
 {
+    NAME(mn_mix_grad_x_frame) *f = frame;
+    (void)thread;
     /* The two forms, each compiled with its flag as a constant. */
 #define MN_GRAD_X(masked) do { \
-        if (size == 1) \
-            NAME(mn_mix_grad_x_points)(x, a, g, shift, sign, thr, u, w1, w2, \
-                                       gx, n_channels, k_total, bounds[c], \
-                                       bounds[c + 1], masked); \
+        if (f->size == 1) \
+            NAME(mn_mix_grad_x_points)(f->x, f->a, f->g, f->shift, f->sign, \
+                                       f->thr, f->u, f->w1, f->w2, f->gx, \
+                                       f->n_channels, f->k_total, \
+                                       f->bounds[c], f->bounds[c + 1], \
+                                       masked); \
         else \
-            NAME(mn_mix_grad_x_lines)(x, a, g, shift, sign, thr, u, w1, w2, \
-                                      gx, n_channels, size, k_total, \
-                                      bounds[c], bounds[c + 1], masked); \
+            NAME(mn_mix_grad_x_lines)(f->x, f->a, f->g, f->shift, f->sign, \
+                                      f->thr, f->u, f->w1, f->w2, f->gx, \
+                                      f->n_channels, f->size, f->k_total, \
+                                      f->bounds[c], f->bounds[c + 1], \
+                                      masked); \
     } while (0)
-    MN_EACH_CHUNK(c) {
-        if (sign == NULL)
+    MN_EACH_CHUNK(c, f) {
+        if (f->sign == NULL)
             MN_GRAD_X(0);
         else
             MN_GRAD_X(1);
     }
 #undef MN_GRAD_X
+}
+
+void NAME(mn_mix_grad_x)(const REAL *x, const REAL *a, const REAL *g,
+                         const REAL *shift, const REAL *sign, const REAL *thr,
+                         const REAL *u, const REAL *w1, const REAL *w2,
+                         REAL *gx, int64_t n_channels, int64_t size,
+                         int64_t k_total, const int64_t *bounds,
+                         int64_t n_chunks, int64_t threads)
+{
+    NAME(mn_mix_grad_x_frame) f = {x, a, g, shift, sign, thr, u, w1, w2, gx,
+                                   n_channels, size, k_total, bounds,
+                                   n_chunks, 0};
+    mn_team_run(NAME(mn_mix_grad_x_task), &f, threads);
 }

@@ -35,17 +35,18 @@ C.  A pass cuts its rows into chunks by its work (:data:`CHUNK_WORK`),
 which up to :func:`n_threads` threads take in turn (a thread that starts
 late or shares its core takes fewer); every chunk accumulates its own sums,
 added in chunk order at the end, so that the results never depend on the
-threads.  :func:`available` is False where the extension is not built or
+threads.  The threads are the library's own (``_thread_team.h``): the
+calling thread and workers kept between passes, which a pass reaches in
+microseconds, without the GIL.  :func:`available` is False where the extension is not built or
 ``MN_CHAINER_CPU_KERNELS=0`` is set; the fit then runs its NumPy path
 (:func:`mn_chainer.fit_passes.select_passes`).
 
 The same library holds the transform's kernels
 (``_transform_kernels_impl.h``), which :mod:`mn_chainer.transform_kernels`
-runs with this module's loader and threads: :func:`function` (an exported
-function), :func:`address`, :func:`chunk_bounds`, :func:`run_chunks` and
-:class:`PartBuffers`.
+runs with this module's loader and chunks: :func:`function` (an exported
+function), :func:`address`, :func:`chunk_bounds`, :func:`chunk_arguments`
+and :class:`PartBuffers`.
 """
-import concurrent.futures
 import ctypes
 import functools
 import math
@@ -60,8 +61,8 @@ from mn_chainer import mixture_steps
 #: The work of a chunk of rows: a pass is cut into chunks of about this
 #: many elements of the point matrix times operations per element (the
 #: components of an E-step, the candidates of a K-means++ round, 1 for the
-#: sums), 0.05 to 0.15 ms on one core (starting a thread costs 0.02 to
-#: 0.05 ms), whatever the threads; the threads take the chunks in turn.
+#: sums), 0.05 to 0.15 ms on one core, whatever the threads; the threads
+#: take the chunks in turn.
 CHUNK_WORK = 1 << 18
 #: The most chunks of a pass (each has sums of its own, added at the end).
 MAX_CHUNKS = 8
@@ -70,25 +71,26 @@ _SUFFIX = {numpy.dtype(numpy.float32): 'f32',
            numpy.dtype(numpy.float64): 'f64'}
 _I64 = ctypes.c_int64
 _PTR = ctypes.c_void_p
+_CHUNKS = (_PTR, _I64, _I64)  # chunk_arguments: bounds, chunks, threads
 _SIGNATURES = {  # None: the floating type of the kernel
-    'mn_column_sums': (_PTR, _PTR, _PTR, _I64, _PTR, _I64, _PTR, _I64,
-                       _PTR, _I64, _PTR),
+    'mn_column_sums': (_PTR, _PTR, _PTR, _I64, _PTR, _I64, _PTR, _I64)
+    + _CHUNKS,
     'mn_seed_draw': (_PTR, _PTR, _PTR, _PTR, _PTR, _I64, _I64, _I64),
     'mn_candidate_d2': (_PTR, _PTR, _PTR, _PTR, _PTR, _I64, _I64, _I64,
-                        _I64, _PTR, _I64, _PTR),
-    'mn_cluster_sums': (_PTR, _PTR, _PTR, _PTR, _I64, _PTR, _I64, _I64,
-                        _PTR, _I64, _PTR),
+                        _I64) + _CHUNKS,
+    'mn_cluster_sums': (_PTR, _PTR, _PTR, _PTR, _I64, _PTR, _I64, _I64)
+    + _CHUNKS,
     'mn_em_sums': (_PTR, _PTR, _PTR, _PTR, _PTR, None, _PTR, _I64, _PTR,
-                   _I64, _PTR, _I64, _I64, _PTR, _I64, _PTR),
+                   _I64, _PTR, _I64, _I64, _I64) + _CHUNKS,
     'mn_log_resp': (_PTR, _PTR, _PTR, _PTR, _PTR, None, _PTR, _PTR, _PTR,
-                    _I64, _I64, _PTR, _I64, _PTR),
+                    _I64, _I64, _I64) + _CHUNKS,
     # The transform's (mn_chainer.transform_kernels).
     'mn_mix_sums': (_PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _I64, _I64,
-                    _I64, _I64, _PTR, _I64, _PTR),
+                    _I64, _I64) + _CHUNKS,
     'mn_mix_forward': (_PTR, _PTR, _PTR, _PTR, _PTR, _I64, _PTR, _I64, _I64,
-                       _I64, _PTR, _I64, _PTR),
+                       _I64) + _CHUNKS,
     'mn_mix_grad_x': (_PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR,
-                      _PTR, _I64, _I64, _I64, _PTR, _I64, _PTR),
+                      _PTR, _I64, _I64, _I64) + _CHUNKS,
 }
 #: Exported functions returning an int64, with their argument types.
 _SIZE_SIGNATURES = {
@@ -96,8 +98,6 @@ _SIZE_SIGNATURES = {
     'mn_seed_keep': (_PTR, _PTR, _I64, _I64, _I64, _PTR, _PTR, _PTR, _I64,
                      _I64),
 }
-_pool_lock = threading.Lock()
-_pools = {}
 
 
 @functools.lru_cache(maxsize=None)
@@ -151,14 +151,6 @@ def n_threads():
         return max(1, os.cpu_count() or 1)
 
 
-def _pool(workers):
-    with _pool_lock:
-        if workers not in _pools:
-            _pools[workers] = concurrent.futures.ThreadPoolExecutor(
-                workers, thread_name_prefix='mn_chainer_cpu')
-        return _pools[workers]
-
-
 def chunk_bounds(m, d, work=1):
     """The bounds ``(n + 1,)`` of the chunks of rows of a pass over ``m``
     rows of ``d`` values with ``work`` operations per value
@@ -172,20 +164,13 @@ def _threads(bounds):
     return min(n_threads(), len(bounds) - 1)
 
 
-def run_chunks(call, bounds):
-    """``call(thread, bounds, n_chunks, next)`` on every thread of a pass
-    over the chunks ``bounds`` (:func:`chunk_bounds`; this thread first,
-    :func:`_threads`): the thread's index, the chunks' addresses and the
-    counter from which the threads take them in turn (``MN_EACH_CHUNK``
-    of ``_cpu_kernels.c``)."""
-    taken = numpy.zeros(1, dtype=numpy.int64)
-    chunks = (address(bounds), len(bounds) - 1, address(taken))
-    threads = _threads(bounds)
-    futures = [_pool(threads - 1).submit(call, p, *chunks)
-               for p in range(1, threads)]
-    call(0, *chunks)
-    for future in futures:
-        future.result()
+def chunk_arguments(bounds):
+    """The last three arguments of a kernel's pass over the chunks
+    ``bounds`` (:func:`chunk_bounds`, which must outlive the call): their
+    address, their number and the threads that take them in turn
+    (:func:`n_threads`, at most one per chunk; ``MN_EACH_CHUNK`` of
+    ``_thread_team.h``)."""
+    return address(bounds), len(bounds) - 1, _threads(bounds)
 
 
 class PartBuffers(object):
@@ -195,8 +180,7 @@ class PartBuffers(object):
     threads adding into neighbouring bytes of one line would take the line
     from each other at every row.  ``addr`` is the address of part 0's
     buffer, ``step`` the values from one part's to the next's (what the
-    kernels take), :meth:`addr_of` part ``p``'s address, :meth:`sum` the
-    sum of the parts in their order."""
+    kernels take), :meth:`sum` the sum of the parts in their order."""
 
     def __init__(self, parts, shape, dtype):
         itemsize = numpy.dtype(dtype).itemsize
@@ -206,10 +190,6 @@ class PartBuffers(object):
         self.block = numpy.zeros((parts, self._size + self._pad), dtype)
         self.addr = address(self.block) + self._pad // 2 * itemsize
         self.step = self.block.shape[1]
-        self._itemsize = itemsize
-
-    def addr_of(self, p):
-        return self.addr + p * self.step * self._itemsize
 
     def sum(self):
         start = self._pad // 2
@@ -309,11 +289,9 @@ def column_sums(points, first=None):
         first = _as('first', first, points.dtype, (d,))
         d2 = numpy.empty(m, dtype=points.dtype)
         first_addr, d2_addr = address(first), address(d2)
-    fn = function('mn_column_sums', points.dtype)
-    points_addr = address(points)
-    run_chunks(lambda p, *chunks: fn(points_addr, first_addr, sums.addr,
-                                     sums.step, amax.addr, amax.step,
-                                     d2_addr, d, *chunks), bounds)
+    function('mn_column_sums', points.dtype)(
+        address(points), first_addr, sums.addr, sums.step, amax.addr,
+        amax.step, d2_addr, d, *chunk_arguments(bounds))
     return sums.sum(), float(numpy.max(amax.block, initial=0)), d2
 
 
@@ -337,11 +315,9 @@ def candidate_d2(x, candidates, closest_d2):
     out = numpy.empty((t, m), dtype=x.dtype)
     bounds = chunk_bounds(m, d, t)
     potentials = PartBuffers(len(bounds) - 1, (t,), numpy.float64)
-    fn = function('mn_candidate_d2', x.dtype)
-    addresses = [address(a) for a in (x, candidates, closest_d2, out)]
-    run_chunks(lambda p, *chunks: fn(*addresses, potentials.addr,
-                                     potentials.step, m, d, t, *chunks),
-               bounds)
+    function('mn_candidate_d2', x.dtype)(
+        *[address(a) for a in (x, candidates, closest_d2, out)],
+        potentials.addr, potentials.step, m, d, t, *chunk_arguments(bounds))
     return out, potentials.sum()
 
 
@@ -400,6 +376,7 @@ class Seeding(object):
         self._index = numpy.empty(t, dtype=numpy.int64)
         self._cand = numpy.empty((t, d), dtype=self.points.dtype)
         self._out = numpy.empty((t, m), dtype=self.points.dtype)
+        self._chunks = chunk_arguments(self._bounds)
         self._potentials = PartBuffers(len(self._bounds) - 1, (t,),
                                        numpy.float64)
         self._addrs = {name: address(getattr(self, name)) for name in (
@@ -430,10 +407,9 @@ class Seeding(object):
         dtype = self.points.dtype
         a = self._addrs
         potentials = self._potentials
-        fn = function('mn_candidate_d2', dtype)
-        run_chunks(lambda p, *chunks: fn(
+        function('mn_candidate_d2', dtype)(
             a['points'], a['_cand'], a['closest'], a['_out'], potentials.addr,
-            potentials.step, m, d, t, *chunks), self._bounds)
+            potentials.step, m, d, t, *self._chunks)
         best = self._keep(a['_out'], potentials.addr, len(self._bounds) - 1,
                           potentials.step, t, a['closest'], a['labels'],
                           a['_cum'], m, self.count)
@@ -462,11 +438,9 @@ def cluster_sums(points, shift, labels, n_components):
     bounds = chunk_bounds(m, d)
     sums = PartBuffers(len(bounds) - 1, (n_components, 2 * d), numpy.float64)
     counts = PartBuffers(len(bounds) - 1, (n_components,), numpy.float64)
-    fn = function('mn_cluster_sums', points.dtype)
-    addresses = [address(a) for a in (points, shift, labels)]
-    run_chunks(lambda p, *chunks: fn(*addresses, sums.addr, sums.step,
-                                     counts.addr, counts.step, d, *chunks),
-               bounds)
+    function('mn_cluster_sums', points.dtype)(
+        *[address(a) for a in (points, shift, labels)], sums.addr, sums.step,
+        counts.addr, counts.step, d, *chunk_arguments(bounds))
     return counts.sum(), sums.sum()
 
 
@@ -500,13 +474,10 @@ def em_sums(points, shift, mixture):
     sums = PartBuffers(len(bounds) - 1, (k, 2 * d), numpy.float64)
     nk = PartBuffers(len(bounds) - 1, (k,), numpy.float64)
     scratch = _scratch(_threads(bounds), d, k, points.dtype)
-    fn = function('mn_em_sums', points.dtype)
-    floor = mixture_steps.log_floor(points.dtype)
-    addresses = [address(v) for v in (points, shift, a, b, log_const)]
-    run_chunks(lambda p, *chunks: fn(*addresses, floor, sums.addr,
-                                     sums.step, nk.addr, nk.step,
-                                     scratch.addr_of(p), d, k, *chunks),
-               bounds)
+    function('mn_em_sums', points.dtype)(
+        *[address(v) for v in (points, shift, a, b, log_const)],
+        mixture_steps.log_floor(points.dtype), sums.addr, sums.step, nk.addr,
+        nk.step, scratch.addr, scratch.step, d, k, *chunk_arguments(bounds))
     centres = None
     if points.dtype != numpy.float64:
         centres = a.astype(numpy.float64)
@@ -527,10 +498,9 @@ def log_resp(points, shift, mixture):
     out = numpy.empty((m, k), dtype=points.dtype)
     log_norm = numpy.empty(m, dtype=points.dtype)
     scratch = _scratch(_threads(bounds), d, k, points.dtype)
-    fn = function('mn_log_resp', points.dtype)
-    floor = mixture_steps.log_floor(points.dtype)
-    addresses = [address(v) for v in (points, shift, a, b, log_const)]
-    run_chunks(lambda p, *chunks: fn(*addresses, floor, address(out),
-                                     address(log_norm), scratch.addr_of(p),
-                                     d, k, *chunks), bounds)
+    function('mn_log_resp', points.dtype)(
+        *[address(v) for v in (points, shift, a, b, log_const)],
+        mixture_steps.log_floor(points.dtype), address(out),
+        address(log_norm), scratch.addr, scratch.step, d, k,
+        *chunk_arguments(bounds))
     return out, log_norm

@@ -116,12 +116,10 @@ class _Batch(PassShapes):
         """Run kernel ``name`` on the chunks of lines: ``arguments`` are
         the kernel's before ``C, P, K`` and the chunks (arrays are passed by
         address, None as NULL)."""
-        fn = cpu_kernels.function(name, self.dtype)
-        addresses = [cpu_kernels.address(a) if isinstance(a, numpy.ndarray)
-                     else a for a in arguments]
-        cpu_kernels.run_chunks(
-            lambda thread, *chunks: fn(*addresses, self.channels, self.size,
-                                       self.k, *chunks), self.bounds)
+        cpu_kernels.function(name, self.dtype)(
+            *[cpu_kernels.address(a) if isinstance(a, numpy.ndarray) else a
+              for a in arguments], self.channels, self.size, self.k,
+            *cpu_kernels.chunk_arguments(self.bounds))
 
 
 def mix_sums(x, w, shift, values=None, mask=None):

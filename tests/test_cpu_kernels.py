@@ -470,6 +470,79 @@ def test_results_do_not_depend_on_the_threads(kernels, monkeypatch, dtype):
                 numpy.testing.assert_array_equal(a, b)
 
 
+def _team_outputs(kernels, points, shift, mixture):
+    """The E+M sums and the posterior of a pass cut into many chunks."""
+    return (kernels.em_sums(points, shift, mixture)[:2]
+            + kernels.log_resp(points, shift, mixture))
+
+
+@pytest.fixture
+def team_case(kernels, monkeypatch):
+    """Points, and the outputs of one thread, for the thread-team tests;
+    passes of seven chunks."""
+    rs = numpy.random.RandomState(5)
+    points = _random_points(rs, 700, 19, numpy.float64)
+    shift = points.mean(axis=0)
+    mixture = _random_mixture(rs, 3, 19, numpy.float64)
+    monkeypatch.setattr(kernels, 'CHUNK_WORK', 1)
+    monkeypatch.setattr(kernels, 'MAX_CHUNKS', 7)
+    monkeypatch.setattr(kernels, 'n_threads', lambda: 1)
+    expected = _team_outputs(kernels, points, shift, mixture)
+    return points, shift, mixture, expected
+
+
+def _assert_same(outputs, expected):
+    for a, b in zip(outputs, expected):
+        numpy.testing.assert_array_equal(a, b)
+
+
+def test_more_threads_than_cores(kernels, monkeypatch, team_case):
+    """The library's workers (``_thread_team.h``): more threads than the
+    machine has cores, and the threads of one pass after another's, give
+    the same bits."""
+    points, shift, mixture, expected = team_case
+    for threads in (7, 2, 5, 7):
+        monkeypatch.setattr(kernels, 'n_threads', lambda: threads)
+        _assert_same(_team_outputs(kernels, points, shift, mixture), expected)
+
+
+def test_passes_from_several_python_threads(kernels, monkeypatch, team_case):
+    """Passes called at once from several Python threads (one runs on the
+    workers, the others alone) all give the bits of one thread."""
+    import concurrent.futures
+    points, shift, mixture, expected = team_case
+    monkeypatch.setattr(kernels, 'n_threads', lambda: 3)
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(
+            lambda _: _team_outputs(kernels, points, shift, mixture),
+            range(40)))
+    for outputs in results:
+        _assert_same(outputs, expected)
+
+
+@pytest.mark.skipif(not hasattr(os, 'fork'), reason='needs os.fork')
+def test_passes_in_a_forked_child(kernels, monkeypatch, team_case):
+    """A child forked after the parent's passes ran on the workers (as
+    Chainer's MultiprocessIterator forks) has none of them: its passes
+    start their own and give the same bits, instead of waiting forever."""
+    import multiprocessing
+    points, shift, mixture, expected = team_case
+    monkeypatch.setattr(kernels, 'n_threads', lambda: 3)
+    _assert_same(_team_outputs(kernels, points, shift, mixture), expected)
+    monkeypatch.setattr(kernels, '_forked_case', (points, shift, mixture),
+                        raising=False)
+    context = multiprocessing.get_context('fork')
+    with context.Pool(1) as pool:
+        outputs = pool.apply_async(_forked_child_outputs).get(timeout=60)
+    _assert_same(outputs, expected)
+
+
+def _forked_child_outputs():
+    """What the forked child of test_passes_in_a_forked_child computes,
+    from the case its parent left it."""
+    return _team_outputs(cpu_kernels, *cpu_kernels._forked_case)
+
+
 def test_disabled_by_environment(kernels, monkeypatch):
     assert kernels.available()
     monkeypatch.setenv('MN_CHAINER_CPU_KERNELS', '0')
