@@ -37,9 +37,9 @@ late or shares its core takes fewer); every chunk accumulates its own sums,
 added in chunk order at the end, so that the results never depend on the
 threads.  The threads are the library's own (``_thread_team.h``): the
 calling thread and workers kept between passes, which a pass reaches in
-microseconds, without the GIL.  :func:`available` is False where the extension is not built or
-``MN_CHAINER_CPU_KERNELS=0`` is set; the fit then runs its NumPy path
-(:func:`mn_chainer.fit_passes.select_passes`).
+microseconds, without the GIL.  :func:`available` is False where the
+extension is not built or ``MN_CHAINER_CPU_KERNELS=0`` is set; the fit then
+runs its NumPy path (:func:`mn_chainer.fit_passes.select_passes`).
 
 The same library holds the transform's kernels
 (``_transform_kernels_impl.h``), which :mod:`mn_chainer.transform_kernels`
@@ -51,7 +51,6 @@ import ctypes
 import functools
 import math
 import os
-import threading
 
 import numpy
 
