@@ -636,18 +636,27 @@ static inline __attribute__((always_inline)) void NAME(mn_em_rows)(
  * threads' scratch: thread p's NAME(mn_scratch_size)(d, K) values at
  * scratch + p * scratch_stride.
  */
-#define MN_E_STEP_FIELDS \
-    const REAL *points, *shift, *a, *b, *cst; \
-    REAL floor_; \
-    REAL *scratch; \
-    int64_t scratch_stride, d, k_total
+typedef struct {
+    const REAL *points, *shift, *a, *b, *cst;
+    REAL floor_;
+    REAL *scratch;
+    int64_t scratch_stride, d, k_total;
+} NAME(mn_e_step_args);
+
+/* Thread `thread`'s scratch, carved (NAME(mn_carve_scratch)). */
+static inline __attribute__((always_inline)) NAME(mn_tile_scratch)
+NAME(mn_thread_scratch)(const NAME(mn_e_step_args) *e, int64_t thread)
+{
+    return NAME(mn_carve_scratch)(e->scratch + thread * e->scratch_stride,
+                                  e->a, e->b, e->d, e->k_total, e->floor_);
+}
 
 /*
  * One EM step's sums: NAME(mn_em_rows) of every chunk c, its sums at
  * sums + c * sums_stride and nk + c * nk_stride, on `threads` threads.
  */
 typedef struct {
-    MN_E_STEP_FIELDS;
+    NAME(mn_e_step_args) e;
     double *sums;
     int64_t sums_stride;
     double *nk;
@@ -659,13 +668,12 @@ MN_CLONES
 static void NAME(mn_em_task)(void *frame, int64_t thread)
 {
     NAME(mn_em_frame) *f = frame;
-    const NAME(mn_tile_scratch) s = NAME(mn_carve_scratch)(
-        f->scratch + thread * f->scratch_stride, f->a, f->b, f->d,
-        f->k_total, f->floor_);
+    const NAME(mn_e_step_args) *e = &f->e;
+    const NAME(mn_tile_scratch) s = NAME(mn_thread_scratch)(e, thread);
     MN_EACH_CHUNK(c, f)
-        NAME(mn_em_rows)(f->points, f->shift, &s, f->cst,
+        NAME(mn_em_rows)(e->points, e->shift, &s, e->cst,
                          f->sums + c * f->sums_stride,
-                         f->nk + c * f->nk_stride, f->d, f->k_total,
+                         f->nk + c * f->nk_stride, e->d, e->k_total,
                          f->bounds[c], f->bounds[c + 1]);
 }
 
@@ -677,9 +685,10 @@ void NAME(mn_em_sums)(const REAL *points, const REAL *shift, const REAL *a,
                       const int64_t *bounds, int64_t n_chunks,
                       int64_t threads)
 {
-    NAME(mn_em_frame) f = {points, shift, a, b, cst, floor_, scratch,
-                           scratch_stride, d, k_total, sums, sums_stride,
-                           nk, nk_stride, bounds, n_chunks, 0};
+    NAME(mn_em_frame) f = {{points, shift, a, b, cst, floor_, scratch,
+                            scratch_stride, d, k_total},
+                           sums, sums_stride, nk, nk_stride, bounds,
+                           n_chunks, 0};
     mn_team_run(NAME(mn_em_task), &f, threads);
 }
 
@@ -719,7 +728,7 @@ static inline __attribute__((always_inline)) void NAME(mn_log_resp_rows)(
  * `threads` threads.
  */
 typedef struct {
-    MN_E_STEP_FIELDS;
+    NAME(mn_e_step_args) e;
     REAL *out, *log_norm;
     MN_CHUNK_FIELDS;
 } NAME(mn_log_resp_frame);
@@ -728,12 +737,11 @@ MN_CLONES
 static void NAME(mn_log_resp_task)(void *frame, int64_t thread)
 {
     NAME(mn_log_resp_frame) *f = frame;
-    const NAME(mn_tile_scratch) s = NAME(mn_carve_scratch)(
-        f->scratch + thread * f->scratch_stride, f->a, f->b, f->d,
-        f->k_total, f->floor_);
+    const NAME(mn_e_step_args) *e = &f->e;
+    const NAME(mn_tile_scratch) s = NAME(mn_thread_scratch)(e, thread);
     MN_EACH_CHUNK(c, f)
-        NAME(mn_log_resp_rows)(f->points, f->shift, &s, f->cst, f->out,
-                               f->log_norm, f->d, f->k_total, f->bounds[c],
+        NAME(mn_log_resp_rows)(e->points, e->shift, &s, e->cst, f->out,
+                               f->log_norm, e->d, e->k_total, f->bounds[c],
                                f->bounds[c + 1]);
 }
 
@@ -744,13 +752,12 @@ void NAME(mn_log_resp)(const REAL *points, const REAL *shift, const REAL *a,
                        const int64_t *bounds, int64_t n_chunks,
                        int64_t threads)
 {
-    NAME(mn_log_resp_frame) f = {points, shift, a, b, cst, floor_, scratch,
-                                 scratch_stride, d, k_total, out, log_norm,
-                                 bounds, n_chunks, 0};
+    NAME(mn_log_resp_frame) f = {{points, shift, a, b, cst, floor_,
+                                  scratch, scratch_stride, d, k_total},
+                                 out, log_norm, bounds, n_chunks, 0};
     mn_team_run(NAME(mn_log_resp_task), &f, threads);
 }
 
-#undef MN_E_STEP_FIELDS
 
 #undef LANES
 #undef PADDED
