@@ -57,8 +57,7 @@ typedef struct {
     mn_task task;
     void *frame;
     uint64_t generation;  /* bumped by each pass that posts to it */
-    char pad[64 - 2 * sizeof(void *) - sizeof(uint64_t)];
-} mn_mailbox;
+} __attribute__((aligned(64))) mn_mailbox;  /* a cache line each */
 
 static struct {
     pthread_mutex_t run;   /* held by the thread whose pass runs */
