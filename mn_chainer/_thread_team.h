@@ -66,7 +66,7 @@ static struct {
     int64_t workers;       /* started: threads 1 .. workers */
     int64_t sleepers;      /* workers asleep, or about to be */
     int64_t done;          /* workers done with the pass */
-    int forked;            /* pthread_atfork registered */
+    int at_fork_set;       /* mn_team_after_fork registered */
     mn_mailbox mail[MN_TEAM_MAX + 1];
 } mn_team = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER,
              PTHREAD_COND_INITIALIZER, 0, 0, 0, 0, {{0}}};
@@ -138,9 +138,9 @@ static void mn_team_after_fork(void)
  * are (fewer where a thread could not be started).  Holds mn_team.run. */
 static int64_t mn_team_start(int64_t threads)
 {
-    if (!mn_team.forked) {
+    if (!mn_team.at_fork_set) {
         pthread_atfork(NULL, NULL, mn_team_after_fork);
-        mn_team.forked = 1;
+        mn_team.at_fork_set = 1;
     }
     while (mn_team.workers < threads - 1) {
         const int64_t thread = mn_team.workers + 1;
